@@ -1,0 +1,1 @@
+"""One module per `headsculpt` subcommand (see cli.py)."""

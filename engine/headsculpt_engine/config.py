@@ -1,0 +1,248 @@
+"""Run configuration as dataclasses, and the quality presets.
+
+The defaults are the papers' numbers (HeadSculpt Table 2 and appendix A.1; HeadArtist appendix D):
+the `paper` preset is the plain defaults. Other presets only lower iteration counts and resolutions.
+Every field can be overridden from the command line with `--set section.field=value`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .cameras import CameraSampling
+
+PRESETS = ("paper", "standard", "draft", "tiny")
+Preset = Literal["paper", "standard", "draft", "tiny"]
+
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_FACE_CONTROLNET = "CrucibleAI/ControlNetMediaPipeFace"
+DEFAULT_FACE_CONTROLNET_SUBFOLDER = "diffusion_sd15"
+DEFAULT_IP2P_CONTROLNET = "lllyasviel/control_v11e_sd15_ip2p"
+HEADARTIST_BASE_MODEL = "stabilityai/stable-diffusion-2-1-base"
+
+
+@dataclass
+class ModelsConfig:
+    """Which diffusion models to load, and how. `base` = "tiny" uses the project's tiny random models."""
+
+    base: str = DEFAULT_BASE_MODEL
+    face_controlnet: str = DEFAULT_FACE_CONTROLNET
+    # Subfolder inside face_controlnet: "diffusion_sd15" for SD 1.5, "" for SD 2.1-base (repo root).
+    face_controlnet_subfolder: str = DEFAULT_FACE_CONTROLNET_SUBFOLDER
+    ip2p_controlnet: str = DEFAULT_IP2P_CONTROLNET
+    allow_download: bool = False
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    attention_slicing: bool = False
+    vae_slicing: bool = False
+    cpu_offload: bool = False
+    # A textual-inversion file that supplies `<back-view>` (see `headsculpt learn-token`).
+    back_view_token_file: str = ""
+    back_view_token: str = "<back-view>"
+
+
+@dataclass
+class GuidanceConfig:
+    """Score distillation settings (HeadSculpt Eq. 1, 5, 7; HeadArtist Eq. 6)."""
+
+    kind: Literal["sds", "ssd"] = "sds"
+    guidance_scale: float = 100.0
+    t_range: tuple[float, float] = (0.02, 0.98)
+    # Renders are resized to this square size before the VAE encodes them (512 for SD 1.5).
+    resolution: int = 512
+    controlnet_scale: float = 1.0
+    grad_clip: float = 0.0  # 0: off; else clip |grad| elementwise to this value
+    # Back views have an empty landmark map. "none": predict without ControlNet (HeadSculpt);
+    # "oval": draw only the face oval and keep the ControlNet (HeadArtist).
+    back_view_policy: Literal["none", "oval"] = "none"
+    prompt_prefix: str = ""
+    negative_prompt: str = ""
+    # HeadArtist SSD
+    ssd_geometry_scale: float = 100.0
+    ssd_texture_scale: float = 7.5
+    ssd_negative_prompt: str = "worst quality, low quality, semi-realistic"
+    ssd_geometry_t_max: float = 0.5
+    ssd_texture_t_max: tuple[float, float] = (0.98, 0.7)  # annealed from the first to the second
+    # HeadSculpt IESD
+    edit_scale: float = 0.6  # w_e
+    ip2p_scale: float = 1.0  # conditioning scale of the InstructPix2Pix ControlNet
+
+
+@dataclass
+class CoarseConfig:
+    """Coarse stage: a NeRF on the head prior (HeadSculpt Sec. 3.1, Table 2, A.1)."""
+
+    iterations: int = 7000  # Table 2 also lists 70,000; set coarse.iterations=70000 for that
+    batch: int = 4
+    resolution: int = 64
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    # Hash-grid encoding: 16 levels x 2 features, base resolution 16, 2^19 entries, finest ~2048.
+    grid_levels: int = 16
+    grid_features: int = 2
+    grid_base_resolution: int = 16
+    grid_log2_table_size: int = 19
+    grid_finest_resolution: int = 2048
+    mlp_hidden: tuple[int, ...] = (64, 64)
+    bound: float = 1.0  # the scene lives in [-bound, bound]^3
+    samples_per_ray: int = 128
+    occupancy_grid_resolution: int = 128
+    occupancy_update_every: int = 16
+    prior_sharpness: float = 0.005  # `a` of Eq. 3
+    albedo_warmup: int = 1000  # iterations of albedo-only shading before lighting starts
+    albedo_ratio: float = 0.2  # after warm-up: share of albedo-only iterations
+    textureless_ratio: float = 0.3  # after warm-up: share of normal-shaded (textureless) iterations
+    ambient: float = 0.3
+    lambda_entropy: float = 0.0
+    lambda_orientation: float = 0.0
+    checkpoint_every: int = 500
+    preview_every: int = 500
+
+
+@dataclass
+class FineConfig:
+    """Fine stage: DMTet refinement (HeadSculpt Sec. 3.1 (2), Table 2, A.1)."""
+
+    iterations: int = 5000
+    batch: int = 4
+    resolution: int = 512
+    tet_resolution: int = 128
+    lr: float = 1e-2  # SDF values and vertex offsets
+    color_lr: float = 1e-3
+    t_range: tuple[float, float] = (0.02, 0.5)
+    lambda_laplacian: float = 1.0
+    max_offset_cells: float = 0.5  # |dv_i| bounded to this many tet-grid cells
+    checkpoint_every: int = 500
+    preview_every: int = 500
+
+
+@dataclass
+class ExportConfig:
+    texture_size: int = 2048
+    formats: tuple[str, ...] = ("glb", "obj")
+    turntable_frames: int = 24
+    turntable_resolution: int = 256
+
+
+@dataclass
+class RunConfig:
+    """Everything one generation (or edit) run needs besides the prior mesh."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 0
+    preset: Preset = "paper"
+    device: str = "auto"  # auto: cuda when available, else cpu
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    camera: CameraSampling = field(default_factory=CameraSampling)
+    coarse: CoarseConfig = field(default_factory=CoarseConfig)
+    fine: FineConfig = field(default_factory=FineConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        return _from_dict(cls, data)
+
+
+def preset_config(name: str) -> RunConfig:
+    """The configuration of a quality preset (paper = the papers' numbers)."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
+    cfg = RunConfig(preset=name)  # type: ignore[arg-type]
+    if name == "standard":
+        cfg.coarse.iterations, cfg.fine.iterations = 3000, 2000
+    elif name == "draft":
+        cfg.coarse.iterations, cfg.fine.iterations = 1000, 500
+        cfg.fine.resolution, cfg.fine.tet_resolution = 256, 64
+        cfg.export.texture_size = 1024
+    elif name == "tiny":
+        # For CPU smoke runs with the tiny random models: every stage runs, in seconds.
+        cfg.models.base = "tiny"
+        cfg.coarse.iterations, cfg.fine.iterations = 6, 4
+        cfg.coarse.resolution, cfg.coarse.samples_per_ray = 32, 32
+        cfg.coarse.grid_log2_table_size, cfg.coarse.grid_finest_resolution = 14, 256
+        cfg.coarse.occupancy_grid_resolution, cfg.coarse.albedo_warmup = 32, 2
+        cfg.coarse.checkpoint_every = cfg.coarse.preview_every = 3
+        cfg.fine.resolution, cfg.fine.tet_resolution = 64, 32
+        cfg.fine.checkpoint_every = cfg.fine.preview_every = 2
+        cfg.guidance.resolution = 64
+        cfg.export.texture_size, cfg.export.turntable_frames, cfg.export.turntable_resolution = 256, 4, 64
+    return cfg
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `section.field=value` strings (values parsed by the field's type) in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"Override {item!r} is not of the form section.field=value.")
+        target: Any = cfg
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not hasattr(target, part) or not dataclasses.is_dataclass(getattr(target, part)):
+                raise ValueError(f"Unknown setting section {part!r} in {item!r}.")
+            target = getattr(target, part)
+        name = parts[-1]
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if name not in fields:
+            raise ValueError(f"Unknown setting {key!r}; known in this section: {', '.join(fields)}.")
+        hints = typing.get_type_hints(type(target))
+        value = _parse_value(raw.strip(), hints[name], key)
+        setattr(target, name, value)
+    return cfg
+
+
+def _parse_value(raw: str, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint in (int, float, str):
+            return hint(raw)
+        if origin is Literal:
+            if raw not in typing.get_args(hint):
+                raise ValueError
+            return raw
+        if origin is tuple:
+            args = typing.get_args(hint)
+            items = [s for s in raw.strip("()[] ").split(",") if s.strip()]
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(args[0](s.strip()) for s in items)
+            if len(items) != len(args):
+                raise ValueError
+            return tuple(t(s.strip()) for t, s in zip(args, items))
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"Setting {key!r} has a type that cannot be set from the command line.")
+    raise ValueError(f"Setting {key!r}: {raw!r} is not a valid {getattr(hint, '__name__', hint)}.")
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            value = _from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Score distillation guidances (SDS, SSD, IESD) and the oracle used by the tests."""

@@ -1,0 +1,1 @@
+"""Meshes: tetrahedral grids, marching tetrahedra, rasterisation, UV unwrap, texture bake, export."""

@@ -1,0 +1,1 @@
+"""Diffusion models: loading by id or folder (offline by default), tiny random models, text embeddings."""

@@ -1,0 +1,1 @@
+"""Coarse-stage NeRF parts: encodings, fields, volume renderer, occupancy grid, background."""

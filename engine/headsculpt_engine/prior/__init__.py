@@ -1,0 +1,1 @@
+"""The head prior: mesh loading and validation, canonical frame, signed distance, density prior, landmarks."""

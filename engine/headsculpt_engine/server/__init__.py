@@ -1,0 +1,1 @@
+"""The HTTP server: FastAPI app, auth, durable job store, worker."""

@@ -1,0 +1,1 @@
+"""Training stages (coarse, fine, edit) and the loop contract they share."""

@@ -1,0 +1,33 @@
+"""Shared test setup: the engine package from this checkout, paths to the shared fixtures."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = ROOT / "engine"
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+# Tests import the engine from this checkout, whatever is installed in the environment.
+sys.path.insert(0, str(ENGINE))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ENGINE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+
+@pytest.fixture(scope="session")
+def flame_template() -> Path:
+    """The FLAME neutral head fixture; skipped where ../shared/fixtures is absent (a user's clone)."""
+    path = FIXTURES / "flame_head_template.obj"
+    if not path.exists():
+        pytest.skip(f"shared fixture {path} is absent (only the project's CI has ../shared)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def flame_smile() -> Path:
+    path = FIXTURES / "flame_head_smile.obj"
+    if not path.exists():
+        pytest.skip(f"shared fixture {path} is absent (only the project's CI has ../shared)")
+    return path

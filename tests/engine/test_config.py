@@ -1,0 +1,48 @@
+import pytest
+
+from headsculpt_engine.config import PRESETS, RunConfig, apply_overrides, preset_config
+
+
+def test_paper_preset_holds_the_papers_numbers():
+    cfg = preset_config("paper")
+    assert (cfg.coarse.iterations, cfg.coarse.resolution, cfg.coarse.batch, cfg.coarse.lr) == (7000, 64, 4, 1e-3)
+    assert cfg.coarse.betas == (0.9, 0.99) and cfg.coarse.weight_decay == 0.0
+    assert (cfg.coarse.grid_levels, cfg.coarse.grid_features, cfg.coarse.grid_log2_table_size) == (16, 2, 19)
+    assert cfg.coarse.mlp_hidden == (64, 64)
+    assert (cfg.fine.iterations, cfg.fine.resolution, cfg.fine.lr, cfg.fine.t_range) == (5000, 512, 1e-2, (0.02, 0.5))
+    assert cfg.guidance.guidance_scale == 100.0 and cfg.guidance.t_range == (0.02, 0.98)
+    assert cfg.guidance.edit_scale == 0.6
+    assert cfg.camera.radius == (1.0, 1.5) and cfg.camera.polar == (20.0, 110.0) and cfg.camera.fov_y == (30.0, 50.0)
+    assert cfg.export.texture_size == 2048
+
+
+def test_every_preset_builds_and_round_trips_through_json_dicts():
+    for name in PRESETS:
+        cfg = preset_config(name)
+        assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_overrides_are_typed():
+    cfg = apply_overrides(preset_config("tiny"), ["coarse.iterations=12", "guidance.t_range=0.1,0.4",
+                                                  "models.cpu_offload=true", "guidance.back_view_policy=oval",
+                                                  "camera.fov_y=20,30", "coarse.mlp_hidden=32,32,32"])
+    assert cfg.coarse.iterations == 12 and cfg.guidance.t_range == (0.1, 0.4)
+    assert cfg.models.cpu_offload is True and cfg.guidance.back_view_policy == "oval"
+    assert cfg.camera.fov_y == (20.0, 30.0) and cfg.coarse.mlp_hidden == (32, 32, 32)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("coarse.iterations", "not of the form"),
+    ("nope.iterations=3", "Unknown setting section"),
+    ("coarse.nope=3", "Unknown setting"),
+    ("coarse.iterations=many", "not a valid int"),
+    ("guidance.back_view_policy=sideways", "not a valid"),
+])
+def test_bad_overrides_say_what_is_wrong(override, message):
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(preset_config("paper"), [override])
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="Unknown preset 'fast'"):
+        preset_config("fast")
