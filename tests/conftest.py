@@ -31,3 +31,10 @@ def flame_smile() -> Path:
     if not path.exists():
         pytest.skip(f"shared fixture {path} is absent (only the project's CI has ../shared)")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Tests never write to the user's cache; the session shares one so tiny models are built once."""
+    os.environ["HEADSCULPT_CACHE_DIR"] = str(tmp_path_factory.mktemp("headsculpt-cache"))
+    yield
