@@ -160,3 +160,24 @@ def test_unknown_or_unavailable_backend_is_a_user_error():
     with pytest.raises(HeadSculptError):
         make_rasterizer("cpu", "opengl")  # type: ignore[arg-type]
     assert make_rasterizer("cpu").name == "torch"
+
+
+def test_uv_rasterisation_covers_texture_space_triangles():
+    from headsculpt_engine.mesh.raster import rasterize_uv
+
+    # The lower-left half of texture space (v up): texel rows near the bottom of the image.
+    uv = torch.tensor([[0.01, 0.02], [0.97, 0.03], [0.02, 0.9]])
+    tri, bary = rasterize_uv(uv, torch.tensor([[0, 1, 2]]), 16)
+    covered = tri >= 0
+
+    def inside(u: float, v: float) -> bool:  # half-plane tests of the three (counter-clockwise) edges
+        pts = uv.tolist() + [uv[0].tolist()]
+        return all((b[0] - a[0]) * (v - a[1]) - (b[1] - a[1]) * (u - a[0]) >= 0 for a, b in zip(pts, pts[1:]))
+
+    expected = sum(inside((i + 0.5) / 16, 1 - (j + 0.5) / 16) for i in range(16) for j in range(16))
+    assert int(covered.sum()) == expected > 80
+    assert bool(covered[15, 0]) and not bool(covered[0, 15])
+    # Barycentrics reproduce the texel centre's uv.
+    ys, xs = torch.meshgrid(torch.arange(16) + 0.5, torch.arange(16) + 0.5, indexing="ij")
+    rebuilt = (bary.unsqueeze(-1) * uv[None, None]).sum(-2)
+    assert torch.allclose(rebuilt[covered], torch.stack([xs / 16, 1 - ys / 16], -1)[covered], atol=1e-5)

@@ -90,6 +90,86 @@ def _screen_barycentric(tri_xy: "torch.Tensor", p: "torch.Tensor") -> "torch.Ten
     return torch.stack([l0, l1, 1.0 - l0 - l1], dim=-1)
 
 
+def nearest_triangle_keys(xy: "torch.Tensor", vdepth: "torch.Tensor", faces: "torch.Tensor", height: int,
+                          width: int, near: float = 0.0) -> "torch.Tensor":
+    """The visible triangle at every pixel centre, from screen positions xy (B, V, 2) in pixels and
+    view depths (B, V). Returns per pixel (flattened B*H*W) the int64 key (float32 depth bits << 32 |
+    face index) of the nearest covering triangle; int64 max where none covers it. Triangles with a
+    vertex at depth <= near are skipped."""
+    import torch
+
+    batch = xy.shape[0]
+    n_faces = faces.shape[0]
+    dev = xy.device
+    keys = torch.full((batch * height * width,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
+    tri_xy = xy[:, faces]  # (B, F, 3, 2)
+    tri_d = vdepth[:, faces]  # (B, F, 3)
+    lo = tri_xy.amin(dim=2)
+    hi = tri_xy.amax(dim=2)
+    # Pixel centres c = i + 0.5 inside [lo, hi]: i from ceil(lo - 0.5) to floor(hi - 0.5).
+    x0 = torch.ceil(lo[..., 0] - 0.5).clamp(0, width).long()
+    x1 = torch.floor(hi[..., 0] - 0.5).clamp(-1, width - 1).long()
+    y0 = torch.ceil(lo[..., 1] - 0.5).clamp(0, height).long()
+    y1 = torch.floor(hi[..., 1] - 0.5).clamp(-1, height - 1).long()
+    bw = (x1 - x0 + 1).clamp_min(0)
+    bh = (y1 - y0 + 1).clamp_min(0)
+    area = _cross2(tri_xy[:, :, 1] - tri_xy[:, :, 0], tri_xy[:, :, 2] - tri_xy[:, :, 0])
+    valid = (tri_d.amin(dim=2) > near) & (area.abs() > 1e-12) & torch.isfinite(area)
+    count = torch.where(valid, bw * bh, torch.zeros_like(bw)).reshape(-1)  # (B*F,)
+    ids = torch.nonzero(count > 0).squeeze(1)
+    if ids.numel() == 0:
+        return keys
+    counts = count[ids]
+    ends = torch.cumsum(counts, 0)
+    flat_xy = tri_xy.reshape(-1, 3, 2)
+    flat_d = tri_d.reshape(-1, 3)
+    flat_x0, flat_y0, flat_bw = x0.reshape(-1), y0.reshape(-1), bw.reshape(-1)
+    start = 0
+    while start < ids.numel():
+        base = int(ends[start - 1]) if start > 0 else 0
+        stop = int(torch.searchsorted(ends, torch.tensor(base + _CHUNK_CANDIDATES, device=dev), right=True))
+        stop = max(stop, start + 1)
+        chunk = ids[start:stop]
+        reps = counts[start:stop]
+        owner = torch.repeat_interleave(chunk, reps)
+        first = torch.cumsum(reps, 0) - reps
+        local = torch.arange(int(reps.sum()), device=dev) - torch.repeat_interleave(first, reps)
+        px = flat_x0[owner] + local % flat_bw[owner]
+        py = flat_y0[owner] + local // flat_bw[owner]
+        centre = torch.stack([px.to(xy.dtype) + 0.5, py.to(xy.dtype) + 0.5], dim=-1)
+        lam = _screen_barycentric(flat_xy[owner], centre)
+        inside = (lam >= 0).all(dim=-1)
+        inv_d = (lam / flat_d[owner]).sum(dim=-1)
+        inside &= inv_d > 0
+        owner, px, py, inv_d = owner[inside], px[inside], py[inside], inv_d[inside]
+        depth = (1.0 / inv_d).to(torch.float32)
+        b = owner // n_faces
+        face = owner % n_faces
+        # Positive float32 bit patterns sort like their values: pack depth above the face id.
+        key = (depth.view(torch.int32).long() << 32) | face
+        pix = (b * height + py) * width + px
+        keys.scatter_reduce_(0, pix, key, reduce="amin")
+        start = stop
+    return keys
+
+
+def rasterize_uv(uv: "torch.Tensor", faces: "torch.Tensor", size: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Rasterise a mesh in texture space: uv (V, 2) in [0, 1] (v up, as glTF/OBJ texture rows are
+    flipped) onto a size x size image with row 0 at the top (v = 1). Returns the face index per texel
+    (size, size) (-1 = gutter) and affine barycentrics (size, size, 3)."""
+    import torch
+
+    faces = faces.long()
+    xy = torch.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], dim=-1).unsqueeze(0).float()
+    keys = nearest_triangle_keys(xy, torch.ones_like(xy[..., 0]), faces, size, size)
+    empty = keys == torch.iinfo(torch.int64).max
+    tri = torch.where(empty, torch.full_like(keys, -1), keys & 0xFFFFFFFF).view(size, size)
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32) + 0.5,
+                            torch.arange(size, dtype=torch.float32) + 0.5, indexing="ij")
+    bary = _screen_barycentric(xy[0][faces[tri.clamp_min(0)]], torch.stack([xs, ys], dim=-1))
+    return tri, bary * (tri >= 0).unsqueeze(-1)
+
+
 @dataclass
 class _TorchState:
     xy: "torch.Tensor"  # (B, V, 2) pixel positions of the vertices
@@ -113,7 +193,7 @@ class TorchRasterizer(Rasterizer):
         faces = faces.long()
         xy, vdepth = cameras.project(vertices)  # (B, V, 2), (B, V)
         with torch.no_grad():
-            key = self._nearest_keys(xy.detach(), vdepth.detach(), faces, cameras)
+            key = nearest_triangle_keys(xy.detach(), vdepth.detach(), faces, height, width, cameras.near)
         background = key == torch.iinfo(torch.int64).max
         tri = torch.where(background, torch.full_like(key, -1), key & 0xFFFFFFFF).view(batch, height, width)
         mask = ~background.view(batch, height, width)
@@ -132,65 +212,6 @@ class TorchRasterizer(Rasterizer):
         depth = torch.where(mask, 1.0 / denom.squeeze(-1), torch.full_like(denom.squeeze(-1), float("inf")))
         return RasterOutput(triangle_id=tri, barycentric=bary, depth=depth, mask=mask,
                             backend_state=_TorchState(xy=xy, depth=vdepth, faces=faces))
-
-    @staticmethod
-    def _nearest_keys(xy, vdepth, faces, cameras) -> "torch.Tensor":
-        """Per pixel (flattened B*H*W) the int64 key (depth bits << 32 | triangle id), max = empty."""
-        import torch
-
-        batch, height, width = len(cameras), cameras.height, cameras.width
-        n_faces = faces.shape[0]
-        dev = xy.device
-        keys = torch.full((batch * height * width,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
-        tri_xy = xy[:, faces]  # (B, F, 3, 2)
-        tri_d = vdepth[:, faces]  # (B, F, 3)
-        lo = tri_xy.amin(dim=2)
-        hi = tri_xy.amax(dim=2)
-        # Pixel centres c = i + 0.5 inside [lo, hi]: i from ceil(lo - 0.5) to floor(hi - 0.5).
-        x0 = torch.ceil(lo[..., 0] - 0.5).clamp(0, width).long()
-        x1 = torch.floor(hi[..., 0] - 0.5).clamp(-1, width - 1).long()
-        y0 = torch.ceil(lo[..., 1] - 0.5).clamp(0, height).long()
-        y1 = torch.floor(hi[..., 1] - 0.5).clamp(-1, height - 1).long()
-        bw = (x1 - x0 + 1).clamp_min(0)
-        bh = (y1 - y0 + 1).clamp_min(0)
-        area = _cross2(tri_xy[:, :, 1] - tri_xy[:, :, 0], tri_xy[:, :, 2] - tri_xy[:, :, 0])
-        valid = (tri_d.amin(dim=2) > cameras.near) & (area.abs() > 1e-12) & torch.isfinite(area)
-        count = torch.where(valid, bw * bh, torch.zeros_like(bw)).reshape(-1)  # (B*F,)
-        ids = torch.nonzero(count > 0).squeeze(1)
-        if ids.numel() == 0:
-            return keys
-        counts = count[ids]
-        ends = torch.cumsum(counts, 0)
-        flat_xy = tri_xy.reshape(-1, 3, 2)
-        flat_d = tri_d.reshape(-1, 3)
-        flat_x0, flat_y0, flat_bw = x0.reshape(-1), y0.reshape(-1), bw.reshape(-1)
-        start = 0
-        while start < ids.numel():
-            base = int(ends[start - 1]) if start > 0 else 0
-            stop = int(torch.searchsorted(ends, torch.tensor(base + _CHUNK_CANDIDATES, device=dev), right=True))
-            stop = max(stop, start + 1)
-            chunk = ids[start:stop]
-            reps = counts[start:stop]
-            owner = torch.repeat_interleave(chunk, reps)
-            first = torch.cumsum(reps, 0) - reps
-            local = torch.arange(int(reps.sum()), device=dev) - torch.repeat_interleave(first, reps)
-            px = flat_x0[owner] + local % flat_bw[owner]
-            py = flat_y0[owner] + local // flat_bw[owner]
-            centre = torch.stack([px.to(xy.dtype) + 0.5, py.to(xy.dtype) + 0.5], dim=-1)
-            lam = _screen_barycentric(flat_xy[owner], centre)
-            inside = (lam >= 0).all(dim=-1)
-            inv_d = (lam / flat_d[owner]).sum(dim=-1)
-            inside &= inv_d > 0
-            owner, px, py, inv_d = owner[inside], px[inside], py[inside], inv_d[inside]
-            depth = (1.0 / inv_d).to(torch.float32)
-            b = owner // n_faces
-            face = owner % n_faces
-            # Positive float32 bit patterns sort like their values: pack depth above the face id.
-            key = (depth.view(torch.int32).long() << 32) | face
-            pix = (b * height + py) * width + px
-            keys.scatter_reduce_(0, pix, key, reduce="amin")
-            start = stop
-        return keys
 
     def antialias(self, image, raster, vertices, faces, cameras):
         import torch
