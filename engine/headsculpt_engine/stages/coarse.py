@@ -132,6 +132,7 @@ class CoarseStage:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
         self.seconds = {"render": 0.0, "guidance": 0.0, "backward": 0.0}
         self.steps_timed = 0
+        self.last_samples_evaluated = 0
 
     # --- one step -----------------------------------------------------------------------------------
 
@@ -170,6 +171,7 @@ class CoarseStage:
         out = self.model.render(cameras, shading, lights, perturb=True, orientation=c.lambda_orientation > 0,
                                 generator=self.generator)
         now = self._tick("render", began)
+        self.last_samples_evaluated = out.samples_evaluated
         g = self.cfg.guidance.resolution
         landmarks = self.prior.landmark_maps(cameras.with_size(g, g), policy=self.cfg.guidance.back_view_policy)
         guided = self.guidance(GuidanceInputs(images=out.image, cameras=cameras,
