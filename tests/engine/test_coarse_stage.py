@@ -122,7 +122,7 @@ def resume_config(iterations: int) -> RunConfig:
     cfg = small_config(iterations)
     c = cfg.coarse
     c.resolution, c.samples_per_ray, c.occupancy_update_every, c.albedo_warmup = 16, 16, 3, 2
-    c.lambda_entropy, c.lambda_orientation = 0.01, 0.01
+    c.lambda_entropy, c.lambda_orientation, c.lambda_normal_consistency = 0.01, 0.01, 0.01
     c.checkpoint_every, c.preview_every = 100, 0
     return cfg
 
@@ -174,7 +174,7 @@ def test_run_coarse_writes_checkpoint_previews_mesh_and_loads_back(prior, tmp_pa
     result = run_coarse(cfg, prior, oracle_guidance(painted_target(prior)), tmp_path, device="cpu")
     assert result.checkpoint.exists() and result.mesh == tmp_path / "coarse_mesh.obj"
     assert [p.name for p in result.previews] == ["coarse_000003.png", "coarse_000006.png"]
-    assert Image.open(result.previews[-1]).size == (3 * cfg.coarse.resolution, cfg.coarse.resolution)
+    assert Image.open(result.previews[-1]).size == (3 * cfg.coarse.resolution, 2 * cfg.coarse.resolution)
     assert {"render_seconds_per_iteration", "guidance_seconds_per_iteration",
             "backward_seconds_per_iteration"} <= set(result.timings)
     mesh = trimesh.load(result.mesh, process=False)
