@@ -142,6 +142,8 @@ def test_resume_is_bit_identical(prior, tmp_path):
     a, b = straight.state_dict(), resumed.state_dict()
     for key, value in a["model"]["field"].items():
         assert torch.equal(value, b["model"]["field"][key]), key
+    for key, value in a["model"]["background"].items():
+        assert torch.equal(value, b["model"]["background"][key]), key
     assert torch.equal(a["model"]["grid"]["estimates"], b["model"]["grid"]["estimates"])
     assert torch.equal(a["generator"], b["generator"])
     # And training did change the parameters (the comparison is not between two untouched fields).

@@ -36,11 +36,14 @@ class CoarseModel:
     grid: OccupancyGrid
 
     @classmethod
-    def create(cls, cfg: CoarseConfig, prior, device, backend: str | None = None) -> "CoarseModel":
+    def create(cls, cfg: CoarseConfig, prior, device, backend: str | None = None,
+               init_grid: bool = True) -> "CoarseModel":
+        """A fresh model; its occupancy grid starts from the prior unless a checkpoint will replace it."""
         head = HeadField(cfg, prior, device=device, backend=backend)
         grid = OccupancyGrid(cfg.occupancy_grid_resolution, cfg.bound, cfg.density_threshold,
                              cfg.occupancy_decay).to(device)
-        grid.init_from_prior(head.density, prior.signed_distance)
+        if init_grid:
+            grid.init_from_prior(head.density, prior.signed_distance)
         return cls(cfg, head, Background(cfg.background).to(device), grid)
 
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -286,6 +289,6 @@ def load_coarse(out_dir: Path, cfg: RunConfig, prior, device=None) -> CoarseMode
         raise InputError(f"No coarse checkpoint at {path}; run the coarse stage first.")
     device = resolve_device(device)
     state = load_checkpoint(path, device)["stage"]["model"]
-    model = CoarseModel.create(cfg.coarse, prior, device, backend=state["backend"])
+    model = CoarseModel.create(cfg.coarse, prior, device, backend=state["backend"], init_grid=False)
     model.load_state_dict(state)
     return model
