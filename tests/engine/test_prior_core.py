@@ -241,6 +241,8 @@ def test_cache_reuses_the_grid(tmp_path):
 
     mesh = sphere_arrays(radius=0.3)
     first = load_prior(mesh, detect_landmarks=False, sdf_resolution=16)
+    assert not list(prior_cache_dir(first.content_hash).glob("sdf_grid_*.npy"))  # built on first use
+    first.signed_distance(torch.zeros(1, 3))
     grid_file = next(prior_cache_dir(first.content_hash).glob("sdf_grid_*.npy"))
     marker = np.load(grid_file)
     marker[0, 0, 0] = 123.0  # a value the computation cannot give; the second load must read it

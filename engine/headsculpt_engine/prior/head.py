@@ -43,7 +43,15 @@ class HeadPrior:
     content_hash: str
     is_flame: bool
     landmarks: LandmarkEmbedding | None
-    sdf_grid: SDFGrid = field(repr=False)
+    # The grid is built (or read from the cache) on first use: landmark work never needs it.
+    sdf_source: Callable[[], SDFGrid] = field(repr=False)
+    _sdf_grid: SDFGrid | None = field(default=None, init=False, repr=False)
+
+    @property
+    def sdf_grid(self) -> SDFGrid:
+        if self._sdf_grid is None:
+            self._sdf_grid = self.sdf_source()
+        return self._sdf_grid
 
     # --- geometry -------------------------------------------------------------------------------
 
@@ -107,7 +115,7 @@ class HeadPrior:
         return cls(vertices=vertices, faces=faces, transform=PriorTransform.from_dict(info["transform"]),
                    content_hash=info["content_hash"], is_flame=bool(info["is_flame"]),
                    landmarks=LandmarkEmbedding.load(marks) if marks.exists() else None,
-                   sdf_grid=SDFGrid(grid, info.get("sdf_bound", GRID_BOUND)))
+                   sdf_source=lambda: SDFGrid(grid, info.get("sdf_bound", GRID_BOUND)))
 
 
 # --- loading ----------------------------------------------------------------------------------------
@@ -183,7 +191,6 @@ def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | N
     hash_ = content_hash(mesh)
     cache = prior_cache_dir(hash_)
     cache.mkdir(parents=True, exist_ok=True)
-    grid = _cached_sdf(cache, vertices, mesh.faces, sdf_resolution, say)
     if landmark_file is not None:
         # Indices refer to the mesh as given; cleaning keeps vertices, so they still apply.
         landmarks = embedding_from_vertex_indices(read_landmark_file(landmark_file), mesh.faces, len(vertices))
@@ -193,4 +200,4 @@ def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | N
         landmarks = None
     return HeadPrior(vertices=vertices, faces=mesh.faces, transform=transform, content_hash=hash_,
                      is_flame=is_flame_topology(len(vertices), len(raw.faces)), landmarks=landmarks,
-                     sdf_grid=SDFGrid(grid))
+                     sdf_source=lambda: SDFGrid(_cached_sdf(cache, vertices, mesh.faces, sdf_resolution, say)))
