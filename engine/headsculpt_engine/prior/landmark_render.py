@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .head import HeadPrior
 
 # Visibility needs depth only where landmarks are: a coarser raster keeps maps fast at 512x512.
-VISIBILITY_MAX_SIZE = 256
+VISIBILITY_MAX_SIZE = 128
 
 
 def landmark_visibility(prior: "HeadPrior", cameras: "Cameras") -> "torch.Tensor":
