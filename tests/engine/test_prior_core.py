@@ -249,6 +249,10 @@ def test_cache_reuses_the_grid(tmp_path):
     np.save(grid_file, marker)
     second = load_prior(mesh, detect_landmarks=False, sdf_resolution=16)
     assert second.sdf_grid.values[0, 0, 0] == 123.0
+    with np.load(prior_cache_dir(first.content_hash) / "mesh.npz") as cached:
+        np.testing.assert_array_equal(cached["vertices"], first.vertices)
+        np.testing.assert_array_equal(cached["faces"], first.faces)
+        assert float(cached["scale"]) == first.transform.scale
 
 
 # --- landmark files ------------------------------------------------------------------------------

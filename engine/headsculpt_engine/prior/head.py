@@ -162,6 +162,14 @@ def _cached_sdf(cache: Path, vertices: np.ndarray, faces: np.ndarray, resolution
     return grid
 
 
+def _cache_mesh(cache: Path, vertices: np.ndarray, faces: np.ndarray, transform: PriorTransform) -> None:
+    """The normalised mesh and its transform, so a prior can be rebuilt from its hash alone."""
+    path = cache / "mesh.npz"
+    if not path.exists():
+        _atomic_save(path, lambda p: np.savez(p, vertices=vertices, faces=faces, center=transform.center,
+                                              scale=np.float64(transform.scale)))
+
+
 def _cached_detection(cache: Path, vertices: np.ndarray, faces: np.ndarray,
                       say: Callable[[str], None]) -> LandmarkEmbedding:
     from .detect import detect_landmarks
@@ -191,6 +199,7 @@ def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | N
     hash_ = content_hash(mesh)
     cache = prior_cache_dir(hash_)
     cache.mkdir(parents=True, exist_ok=True)
+    _cache_mesh(cache, vertices, mesh.faces, transform)
     if landmark_file is not None:
         # Indices refer to the mesh as given; cleaning keeps vertices, so they still apply.
         landmarks = embedding_from_vertex_indices(read_landmark_file(landmark_file), mesh.faces, len(vertices))
