@@ -180,3 +180,22 @@ def test_landmarks_command_reports_a_missing_face(tmp_path, capsys):
     data = json.loads((tmp_path / "o" / "landmarks.json").read_text())
     np.testing.assert_allclose(data["points"][5], sphere.vertices[5], atol=1e-6)
     assert data["confidence"] == [1.0] * 478
+
+
+def test_builtin_mesh_comes_from_its_generator_in_the_canonical_frame(base_prior):
+    import importlib.util
+
+    from headsculpt_engine.prior.builtin import ASSETS_DIR
+
+    spec = importlib.util.spec_from_file_location("make_base_head", ASSETS_DIR / "make_base_head.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    vertices = base_prior.canonical_vertices()
+    # The committed vertices lie on the generator's implicit surface (within decimation error).
+    assert np.abs(generator.head_sdf(vertices)).max() < 0.003
+    # Metres, +Y up, face along +Z: a head ~0.15-0.2 m wide, nose tip forward, eyes above mouth.
+    assert 0.14 < np.ptp(vertices[:, 0]) < 0.25
+    points = base_prior.transform.to_canonical(base_prior.landmark_points())
+    assert points[1][2] > np.percentile(vertices[:, 2], 99)
+    assert points[33][1] > points[1][1] > points[13][1]
+    assert points[33][0] < 0 < points[263][0]
