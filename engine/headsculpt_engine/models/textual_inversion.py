@@ -217,8 +217,7 @@ class TokenTrainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state["fingerprint"]
-        changed = sorted(k for k in set(saved) | set(self._fingerprint)
-                         if _plain(saved.get(k)) != _plain(self._fingerprint.get(k)))
+        changed = sorted(k for k in set(saved) | set(self._fingerprint) if saved.get(k) != self._fingerprint.get(k))
         if changed:
             raise InputError(f"The checkpoint was written with other settings ({', '.join(changed)}); "
                              "use the same settings to resume, or delete the checkpoint folder to start again.")
@@ -271,11 +270,6 @@ class TokenTrainer:
     def close(self) -> None:
         """Remove the hook; the text encoder keeps the trained row in its own weights."""
         self._hook.remove()
-
-
-def _plain(value: Any) -> Any:
-    """Tuples come back from a checkpoint as lists; compare them as lists."""
-    return list(value) if isinstance(value, tuple) else value
 
 
 def train_token(models: TokenModels, pixels: torch.Tensor, cfg: TokenTrainingConfig, out_file: Path,
