@@ -125,6 +125,23 @@ def test_training_lowers_the_loss_and_changes_only_the_new_row(pixels):
     assert not torch.equal(trainer.learned_vector(), trainer.initial_vector)
 
 
+def test_half_precision_models_train_with_loss_scaling(pixels, tmp_path):
+    """The CUDA set-up (UNet and VAE in float16, text encoder and row in float32), here on the CPU."""
+    models, models_id = _models()
+    models.unet.half()
+    models.vae.half()
+    trainer = TokenTrainer(models, pixels, _cfg(steps=10))
+    assert trainer.scaler.is_enabled() and trainer.vector.dtype == torch.float32
+    assert models.text_encoder.dtype == torch.float32
+    before = trainer.evaluation_loss()
+    for i in range(trainer.total_iterations):
+        trainer.step(i)
+    assert trainer.evaluation_loss() < 0.999 * before
+    assert torch.isfinite(trainer.learned_vector()).all()
+    state = trainer.state_dict()
+    assert state["scaler"]["scale"] == trainer.scaler.get_scale() > 1
+
+
 def test_bad_token_or_init_word_is_an_input_error(pixels):
     models, _ = _models()
     with pytest.raises(InputError, match="init word"):

@@ -136,6 +136,10 @@ class TokenTrainer:
         self._hook = self.embeddings.register_forward_hook(self._substitute)
         self.optimizer = torch.optim.AdamW([self.vector], lr=cfg.lr, betas=cfg.betas,
                                            weight_decay=cfg.weight_decay, eps=cfg.eps)
+        # Half-precision UNet (CUDA): its backward pass would underflow the tiny gradients of a mean
+        # loss over 64x64 latents, so the loss is scaled, as the diffusers example does through
+        # accelerate's mixed precision. The scaler is off (and changes nothing) in float32.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         # All randomness of training comes from this one CPU generator, whose state is checkpointed.
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.prompt_ids = self._tokenize([t.format(cfg.token) for t in TEMPLATES])
@@ -200,8 +204,9 @@ class TokenTrainer:
         noise = torch.randn(batch, channels, h, w, generator=g)
         loss = self._loss(image, flipped, template, timesteps, latent_eps, noise)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self._write_row()
         return float(loss.detach())
 
@@ -213,7 +218,8 @@ class TokenTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {"vector": self.vector.detach().cpu().clone(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "fingerprint": dict(self._fingerprint)}
+                "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
+                "fingerprint": dict(self._fingerprint)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state["fingerprint"]
@@ -224,6 +230,8 @@ class TokenTrainer:
         with torch.no_grad():
             self.vector.copy_(state["vector"].to(self.vector))
         self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:  # empty when the scaler was off
+            self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         self._write_row()
 

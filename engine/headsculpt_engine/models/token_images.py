@@ -44,7 +44,7 @@ def load_training_images(folder: Path | str, resolution: int) -> TrainingImages:
                 # Centre crop to a square, then resize (what Pillow's `fit` does in one call).
                 image = ImageOps.fit(image, (resolution, resolution), method=Image.Resampling.BICUBIC)
                 array = np.asarray(image, dtype=np.float32)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
             skipped.append((path, str(error) or type(error).__name__))
             continue
         pixels.append(torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0)
