@@ -244,7 +244,7 @@ def test_interrupted_and_resumed_training_is_bit_identical(pixels, tmp_path):
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
 
 
-def test_resuming_with_other_settings_is_refused(pixels, tmp_path):
+def test_resuming_with_other_settings_is_refused_and_longer_training_continues(pixels, tmp_path):
     models, models_id = _models()
     train_token(models, pixels, _cfg(steps=2, checkpoint_every=1), tmp_path / "a.safetensors", tmp_path / "a",
                 models_id=models_id)
@@ -252,6 +252,15 @@ def test_resuming_with_other_settings_is_refused(pixels, tmp_path):
     with pytest.raises(InputError, match="lr"):
         train_token(models, pixels, _cfg(steps=4, lr=1e-3, checkpoint_every=1), tmp_path / "a.safetensors",
                     tmp_path / "a", models_id=models_id)
+    with pytest.raises(InputError, match="past --steps 1"):
+        train_token(models, pixels, _cfg(steps=1, checkpoint_every=1), tmp_path / "a.safetensors",
+                    tmp_path / "a", models_id=models_id)
+    # More steps than before is fine: training goes on from the checkpoint.
+    seen: list[int] = []
+    models, models_id = _models()
+    train_token(models, pixels, _cfg(steps=3, checkpoint_every=1), tmp_path / "a.safetensors", tmp_path / "a",
+                RunCallbacks(on_progress=lambda p: seen.append(p.iteration)), models_id=models_id)
+    assert seen == [2, 3]
 
 
 # -- the command ---------------------------------------------------------------------------------

@@ -283,8 +283,12 @@ class TokenTrainer:
 def train_token(models: TokenModels, pixels: torch.Tensor, cfg: TokenTrainingConfig, out_file: Path,
                 checkpoint_dir: Path, callbacks=None, device="cpu", models_id: str = "") -> TokenTrainer:
     """Train (resuming from `checkpoint_dir` when it holds a checkpoint) and write `out_file`."""
-    from ..stages.loop import StageSchedule, run_stage
+    from ..stages.loop import CHECKPOINT_NAME, StageSchedule, load_checkpoint, run_stage
 
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if checkpoint.exists() and (done := int(load_checkpoint(checkpoint)["iteration"])) > cfg.steps:
+        raise InputError(f"The checkpoint in {checkpoint_dir} is at step {done}, past --steps {cfg.steps}; "
+                         "ask for at least that many steps, or delete the checkpoint folder to start again.")
     trainer = TokenTrainer(models, pixels, cfg, device=device, models_id=models_id)
     # Snapshots ("previews") of the embedding go with every checkpoint.
     schedule = StageSchedule(checkpoint_every=cfg.checkpoint_every, preview_every=cfg.checkpoint_every)
