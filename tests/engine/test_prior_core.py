@@ -136,6 +136,13 @@ def flame_prior(flame_template) -> HeadPrior:
     return load_prior(flame_template, detect_landmarks=False)
 
 
+def test_flame_topology_counts():
+    from headsculpt_engine.prior.head import is_flame_topology
+
+    assert is_flame_topology(5023, 9976) and is_flame_topology(5023, 10034)
+    assert not is_flame_topology(5023, 9000) and not is_flame_topology(5118, 9976)
+
+
 def test_flame_topology_is_recognised(flame_prior):
     prior = flame_prior
     assert prior.is_flame and len(prior.vertices) == 5023 and len(prior.faces) == 9976

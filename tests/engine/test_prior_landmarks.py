@@ -174,12 +174,15 @@ def test_landmarks_command_reports_a_missing_face(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "found no face" in err and "--landmark-file" in err
     # With a landmark file the same mesh works.
-    np.save(tmp_path / "marks.npy", np.arange(478) % len(sphere.vertices))
+    indices = np.arange(478) % len(sphere.vertices)
+    indices[7] = -1  # a landmark the file leaves out
+    np.save(tmp_path / "marks.npy", indices)
     assert main(["landmarks", "--prior", str(path), "--landmark-file", str(tmp_path / "marks.npy"),
                  "--size", "128", "--out", str(tmp_path / "o")]) == 0
     data = json.loads((tmp_path / "o" / "landmarks.json").read_text())
     np.testing.assert_allclose(data["points"][5], sphere.vertices[5], atol=1e-6)
-    assert data["confidence"] == [1.0] * 478
+    assert data["points"][7] is None and data["confidence"][7] == 0.0
+    assert data["confidence"][:7] == [1.0] * 7
 
 
 def test_builtin_mesh_comes_from_its_generator_in_the_canonical_frame(base_prior):
