@@ -31,12 +31,14 @@ if TYPE_CHECKING:
 CACHE_VERSION = "1"
 FLAME_VERTEX_COUNTS = (5023,)
 FLAME_FACE_COUNTS = (9976, 10034)  # open mouth; closed mouth
-# A landmark counts as hidden when the visible surface at its pixel is nearer by more than this.
-VISIBILITY_TOLERANCE = 0.02  # normalised units (about 5 mm on an adult head)
 
 
 @dataclass
 class HeadPrior:
+    """A head mesh in the engine's normalised frame, with what training needs from it: signed
+    distance and the density prior (Eq. 3), landmarks and landmark maps, and the way back to the
+    mesh's own (canonical) coordinates."""
+
     vertices: np.ndarray  # (N, 3) float32, normalised frame
     faces: np.ndarray  # (M, 3) int32
     transform: PriorTransform
