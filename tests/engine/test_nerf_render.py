@@ -74,3 +74,17 @@ def test_density_is_the_prior_residual_and_gradient_normals_point_outwards():
         assert torch.allclose(field.density(dirs * 0.6), torch.nn.functional.softplus(h0 + prior.density(dirs * 0.6)))
         normals = field.gradient_normals(dirs * 0.6, eps=5e-3)
     assert float((normals * dirs).sum(-1).min()) > 0.99
+
+
+def test_backgrounds():
+    dirs = torch.nn.functional.normalize(torch.randn(2, 5, 3), dim=-1)
+    gen = torch.Generator().manual_seed(0)
+    random = Background("random")(dirs, generator=gen)
+    assert random.shape == (2, 5, 3)
+    assert torch.equal(random[:, :1].expand_as(random), random)  # one solid colour per view
+    assert not torch.equal(random[0], random[1])
+    assert torch.equal(Background("random")(dirs, training=False), torch.ones_like(dirs))  # previews: white
+    learned = Background("mlp")
+    out = learned(dirs)
+    assert out.shape == (2, 5, 3) and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert sum(p.numel() for p in learned.parameters()) > 0
