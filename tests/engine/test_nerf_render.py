@@ -85,6 +85,6 @@ def test_backgrounds():
     assert not torch.equal(random[0], random[1])
     assert torch.equal(Background("random")(dirs, training=False), torch.ones_like(dirs))  # previews: white
     learned = Background("mlp")
-    out = learned(dirs)
+    out = learned(dirs).detach()
     assert out.shape == (2, 5, 3) and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     assert sum(p.numel() for p in learned.parameters()) > 0
