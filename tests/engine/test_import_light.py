@@ -25,8 +25,7 @@ def test_cli_help_does_not_import_torch():
     body = ("import contextlib, io\nfrom headsculpt_engine import cli\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    try:\n        cli.main(['--help'])\n    except SystemExit:\n        pass\n"
-            "import headsculpt_engine.models.loading, headsculpt_engine.guidance.factory\n"
-            "import headsculpt_engine.commands.models_option")
+            "import headsculpt_engine.models.loading, headsculpt_engine.guidance.factory")
     assert _heavy_modules(body) == "none"
 
 
