@@ -179,3 +179,15 @@ def test_ssd_texture_phase_anneals_t_max(models, cfg):
     assert ssd.t_range() == pytest.approx((0.02, 0.7))
     assert ssd.texture.guidance_scale == 7.5 and ssd.geometry.guidance_scale == 100.0
     assert ssd.texture.predictor.negative_prompt == "worst quality, low quality, semi-realistic"
+
+
+def test_memory_options_do_not_change_the_gradient(models, cfg, batch):
+    """Attention slicing and VAE slicing trade speed for memory, never results."""
+    cams, images, maps, _ = batch
+    sliced_cfg = dataclasses.replace(cfg.models, attention_slicing=True, vae_slicing=True)
+    sliced = load_diffusion_models(sliced_cfg, "cpu")
+    reference, _ = run(build_guidance(cfg, models, "a man", generator=torch.Generator().manual_seed(SEED)),
+                       images, cams, maps)
+    out, _ = run(build_guidance(cfg, sliced, "a man", generator=torch.Generator().manual_seed(SEED)),
+                 images, cams, maps)
+    assert torch.allclose(out.grad, reference.grad, rtol=1e-4, atol=1e-5)

@@ -52,3 +52,15 @@ def test_back_view_token_file_replaces_back_view_words(tmp_path):
 def test_missing_token_file_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="learn-token"):
         load_diffusion_models(ModelsConfig(base="tiny", back_view_token_file=str(tmp_path / "none.bin")), "cpu")
+
+
+def test_text_embeddings_are_cached_per_prompt(monkeypatch):
+    models = load_diffusion_models(ModelsConfig(base="tiny"), "cpu")
+    calls = []
+    forward = models.text_encoder.forward
+    monkeypatch.setattr(models.text_encoder, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    first = models.prompts.embed(["a man, front view", "a man, side view", "a man, front view"])
+    again = models.prompts.embed(["a man, side view", "a man, front view"])
+    assert len(calls) == 1  # one encoder call for the two distinct prompts, none for the repeat
+    assert torch.equal(first[0], first[2]) and torch.equal(again[0], first[1])
+    assert not torch.equal(first[0], first[1])
