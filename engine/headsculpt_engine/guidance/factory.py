@@ -1,6 +1,7 @@
 """Build the guidance a run asks for from its configuration and the loaded models."""
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Literal
 
 from .base import Guidance, GuidanceInputs, GuidanceOutput
@@ -48,7 +49,7 @@ class SsdPhases(Guidance):
 
     def __call__(self, inputs: GuidanceInputs) -> GuidanceOutput:
         if inputs.t_range is None:
-            inputs = GuidanceInputs(**{**inputs.__dict__, "t_range": self.t_range()})
+            inputs = dataclasses.replace(inputs, t_range=self.t_range())
         return (self.geometry if self.phase == "geometry" else self.texture)(inputs)
 
 
