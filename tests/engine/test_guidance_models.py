@@ -191,3 +191,17 @@ def test_memory_options_do_not_change_the_gradient(models, cfg, batch):
     out, _ = run(build_guidance(cfg, sliced, "a man", generator=torch.Generator().manual_seed(SEED)),
                  images, cams, maps)
     assert torch.allclose(out.grad, reference.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_default_generator_follows_the_run_seed(models, cfg, batch):
+    cams, images, maps, _ = batch
+    cfg.seed = 123
+    first, _ = run(build_guidance(cfg, models, "a man"), images, cams, maps)
+    again, _ = run(build_guidance(cfg, models, "a man"), images, cams, maps)
+    explicit, _ = run(build_guidance(cfg, models, "a man", generator=torch.Generator().manual_seed(123)),
+                      images, cams, maps)
+    assert torch.equal(first.timesteps, again.timesteps) and torch.equal(first.grad, again.grad)
+    assert torch.equal(first.grad, explicit.grad)
+    cfg.guidance.kind = "ssd"
+    ssd = build_guidance(cfg, models, "a man")
+    assert ssd.generator is ssd.geometry.generator is ssd.texture.generator
