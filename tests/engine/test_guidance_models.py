@@ -205,3 +205,15 @@ def test_default_generator_follows_the_run_seed(models, cfg, batch):
     cfg.guidance.kind = "ssd"
     ssd = build_guidance(cfg, models, "a man")
     assert ssd.generator is ssd.geometry.generator is ssd.texture.generator
+
+
+def test_iesd_needs_reference_renders_and_the_ip2p_controlnet(models, cfg, batch):
+    from headsculpt_engine.errors import InputError
+
+    cams, images, maps, _ = batch
+    edit = build_edit_guidance(cfg, models, "a man", "make him old")
+    with pytest.raises(InputError, match="reference"):
+        edit(GuidanceInputs(images=images, cameras=cams, landmark_maps=maps))
+    without_ip2p = dataclasses.replace(models, ip2p_controlnet=None)
+    with pytest.raises(ValueError, match="with_ip2p"):
+        build_edit_guidance(cfg, without_ip2p, "a man", "make him old")
