@@ -234,7 +234,7 @@ def _initial_fields(cfg: "RunConfig", prior, coarse_dir: Path | None, device, co
     if colour is None:
         from ..nerf.field import HeadField
 
-        colour = HeadField(cfg.coarse, prior).to(device)
+        colour = HeadField(cfg.coarse, prior, device=device)
     return colour, prior.signed_distance
 
 
