@@ -67,6 +67,9 @@ class GuidanceConfig:
     ssd_texture_t_max: tuple[float, float] = (0.98, 0.7)  # annealed from the first to the second
     # HeadSculpt IESD
     edit_scale: float = 0.6  # w_e
+    # CFG scale of the edit (instruction) side; the identity side uses guidance_scale. The paper does
+    # not state it; 7.5 is InstructPix2Pix's own default text guidance scale.
+    edit_guidance_scale: float = 7.5
     ip2p_scale: float = 1.0  # conditioning scale of the InstructPix2Pix ControlNet
     # How `edit` distils: "iesd" (Eq. 7), or the paper's ablations "b3" (a new fine stage guided by plain
     # SDS with the instruction-altered prompt, no InstructPix2Pix) and "b5" (IESD with w_e = 1).
