@@ -105,6 +105,7 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
     from .models.loading import load_diffusion_models
     from .stages.coarse import run_coarse
     from .stages.fine import run_fine
+    from .stages.ssd import run_ssd
 
     stages = tuple(stages)
     unknown = set(stages) - set(STAGES)
@@ -119,6 +120,15 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
     record = _start_record(run_dir, cfg, prior, kind="generate")
     timings: dict[str, float] = dict(record.data.get("timings", {}))
 
+    ssd = cfg.guidance.kind == "ssd"
+    if ssd and "coarse" in stages:
+        # HeadArtist distils a DMTet directly from the parametric head, with no NeRF before it: its
+        # geometry phase shapes the mesh from normal maps, and a coarse NeRF distilled by SDS would only
+        # replace the prior's shape by one that SSD did not make. SSD runs start DMTet from the prior.
+        if stages == ("coarse",):
+            raise InputError("SSD guidance has no coarse stage; run the fine stage (geometry, then texture).")
+        stages = tuple(name for name in stages if name != "coarse")
+
     _seed_everything(cfg.seed)
     models = load_diffusion_models(cfg.models, device) if {"coarse", "fine"} & set(stages) else None
     guidance = build_guidance(cfg, models) if models is not None else None
@@ -129,7 +139,11 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
         timings["coarse"] = result.timings["seconds"]
         record.update(timings=timings)
     fine_result = None
-    if "fine" in stages or "export" in stages:
+    if ssd and "fine" in stages:
+        fine_result, stage_timings = run_ssd(cfg, prior, guidance, run_dir, callbacks, device)
+        timings.update(stage_timings)
+        record.update(timings=timings)
+    elif "fine" in stages or "export" in stages:
         if "fine" not in stages and not (run_dir / "fine" / "checkpoint.pt").exists():
             raise InputError(f"{run_dir} has no finished fine stage to export; run the fine stage first.")
         # Export alone passes no guidance: the finished fine checkpoint is loaded, not trained.
@@ -238,8 +252,9 @@ def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
         guidance = build_edit_guidance(cfg, models, cfg.prompt, instruction, g.edit_scale)
     else:
         guidance = build_guidance(cfg, models, prompt=edit_prompt(cfg.prompt, instruction))
-    fine_result = run_edit(cfg, prior, guidance, parent / "fine", run_dir, callbacks, device, reference=iesd)
-    timings.update(fine_result.timings_by_stage)
+    fine_result, stage_timings = run_edit(cfg, prior, guidance, parent / "fine", run_dir, callbacks, device,
+                                          reference=iesd)
+    timings.update(stage_timings)
     record.update(timings=timings)
     _export(fine_result, prior, cfg, record, run_dir / "result", timings)
     record.update(timings=timings, status="done")
