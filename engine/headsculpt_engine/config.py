@@ -121,6 +121,13 @@ class FineConfig:
     t_range: tuple[float, float] = (0.02, 0.5)
     lambda_laplacian: float = 1.0
     max_offset_cells: float = 0.5  # |dv_i| bounded to this many tet-grid cells
+    # DMTet keeps only the cells within this many cells of the initial surface (the full 256 grid holds
+    # 100M tetrahedra); sign flips and offsets can move the surface anywhere inside that band.
+    band_cells: float = 4.0
+    # Coarse density taken as the surface when initialising from a coarse run: tau(0) = 1 / (2a) with
+    # a = 0.005 (Eq. 3), the density the prior itself has on its surface.
+    density_threshold: float = 100.0
+    rasterizer: Literal["auto", "torch", "nvdiffrast"] = "auto"
     checkpoint_every: int = 500
     preview_every: int = 500
 
