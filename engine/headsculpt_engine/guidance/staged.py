@@ -40,6 +40,11 @@ class StagedGuidance(Guidance):
         self.total_iterations = total_iterations
         self.start_iteration(0)
 
+    @property
+    def generator(self) -> "torch.Generator | None":
+        """The inner guidance's random generator, which the stage checkpoints for an exact resume."""
+        return getattr(self.inner, "generator", None)
+
     def start_iteration(self, iteration: int) -> None:
         if self.ssd_phase is not None:
             self.inner.set_phase(self.ssd_phase, iteration / max(self.total_iterations - 1, 1))  # type: ignore[attr-defined]

@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 
 
 def run_edit(cfg: "RunConfig", prior, guidance: "Guidance | None", parent_fine_dir: Path, run_dir: Path,
-             callbacks: "RunCallbacks | None", device, reference: bool) -> tuple["FineResult", dict[str, float]]:
-    """Train (or resume) the edit in `run_dir`; `reference`: give the guidance M_pi (IESD, B5).
+             callbacks: "RunCallbacks | None", device, reference: bool,
+             colour=None) -> tuple["FineResult", dict[str, float]]:
+    """Train (or resume) the edit in `run_dir`; `reference`: give the guidance M_pi (IESD, B5);
+    `colour`: the colour field's module when it is not a `HeadField`, as in `run_fine`.
     Returns the edited avatar and the seconds each stage took."""
     if cfg.guidance.kind == "ssd":
-        return run_ssd(cfg, prior, guidance, run_dir, callbacks, device, init_from=parent_fine_dir)
+        return run_ssd(cfg, prior, guidance, run_dir, callbacks, device, init_from=parent_fine_dir, colour=colour)
     result = run_refine(cfg, prior, guidance, Path(run_dir) / "fine", callbacks, device, init_from=parent_fine_dir,
-                        name="edit", reference=reference)
+                        name="edit", reference=reference, colour=colour)
     return result, {"edit": result.timings["seconds"]}

@@ -117,12 +117,13 @@ class RefineStage(FineStage):
 def run_refine(cfg: "RunConfig", prior, guidance: "Guidance | None", out_dir: Path,
                callbacks: RunCallbacks | None = None, device="cpu", *, init_from: Path | None = None,
                name: str = "fine", train: Iterable[str] = PARAMETER_GROUPS, shading: str | None = None,
-               reference: bool = False, ssd_phase: str | None = None) -> FineResult:
+               reference: bool = False, ssd_phase: str | None = None, colour=None) -> FineResult:
     """Train (or resume, or load when finished) a `RefineStage` in `out_dir`, starting from the fine
-    checkpoint in `init_from` (a stage folder), else as the fine stage starts (from the prior)."""
+    checkpoint in `init_from` (a stage folder), else as the fine stage starts (from the prior).
+    `colour` replaces the colour field's module, as in `run_fine`."""
     device = torch.device(device)
-    stage = build_fine_stage(cfg, prior, guidance, device, stage_class=RefineStage, name=name, train=train,
-                             shading=shading, reference=reference, ssd_phase=ssd_phase)
+    stage = build_fine_stage(cfg, prior, guidance, device, colour=colour, stage_class=RefineStage, name=name,
+                             train=train, shading=shading, reference=reference, ssd_phase=ssd_phase)
     if init_from is not None:
         stage.load_parameters(load_checkpoint(Path(init_from) / CHECKPOINT_NAME, device)["stage"])
     if reference:

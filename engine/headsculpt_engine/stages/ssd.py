@@ -27,14 +27,15 @@ TEXTURE_DIR = "fine"
 
 
 def run_ssd(cfg: "RunConfig", prior, guidance: "Guidance | None", run_dir: Path, callbacks: "RunCallbacks | None",
-            device, init_from: Path | None = None) -> tuple["FineResult", dict[str, float]]:
+            device, init_from: Path | None = None, colour=None) -> tuple["FineResult", dict[str, float]]:
     """Both phases in `run_dir` (each resumes or loads when finished); `init_from` is an edit's parent
-    fine folder. Returns the texture phase's result and the seconds each phase took."""
+    fine folder, `colour` replaces the colour field's module. Returns the texture phase's result and the
+    seconds each phase took."""
     run_dir = Path(run_dir)
     geometry = run_refine(cfg, prior, guidance, run_dir / GEOMETRY_DIR, callbacks, device, init_from=init_from,
                           name="geometry", train=("offsets",) if init_from else ("sdf", "offsets"),
-                          shading="normal", ssd_phase="geometry")
+                          shading="normal", ssd_phase="geometry", colour=colour)
     texture = run_refine(cfg, prior, guidance, run_dir / TEXTURE_DIR, callbacks, device,
                          init_from=run_dir / GEOMETRY_DIR, name="texture", train=("colour",), shading="albedo",
-                         ssd_phase="texture")
+                         ssd_phase="texture", colour=colour)
     return texture, {"ssd_geometry": geometry.timings["seconds"], "ssd_texture": texture.timings["seconds"]}
