@@ -14,6 +14,7 @@ COMMANDS = [
     "generate",
     "edit",
     "make_tiny_models",
+    "landmarks",
 ]
 
 
