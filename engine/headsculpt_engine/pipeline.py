@@ -82,7 +82,8 @@ def _start_record(run_dir: Path, cfg: RunConfig, prior: "HeadPrior", kind: str, 
     """Open (or resume) `run_dir/run.json`. A run folder holds one run: resuming it with other settings,
     or (for an edit) another parent or instruction, is refused rather than mixed."""
     record = RunRecord(run_dir)
-    expected = {"config": cfg.to_dict(), **identity}
+    # Compared as run.json holds them (JSON has lists where the config has tuples).
+    expected = json.loads(json.dumps({"config": cfg.to_dict(), **identity}))
     if record.data.get("config") and any(record.data.get(key) != value for key, value in expected.items()):
         raise InputError(f"{run_dir} holds a run with other settings; resume it with the same settings "
                          "or choose another output folder.")
