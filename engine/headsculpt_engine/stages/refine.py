@@ -46,7 +46,8 @@ class FrozenAvatar:
     def from_stage(cls, stage: FineStage) -> "FrozenAvatar":
         with torch.no_grad():
             vertices, faces = stage.geometry.extract()
-        colour = copy.deepcopy(stage.colour).requires_grad_(False).eval()
+        # The prior (which a HeadField keeps for its density) is read-only and large: share it.
+        colour = copy.deepcopy(stage.colour, {id(stage.prior): stage.prior}).requires_grad_(False).eval()
         return cls(vertices.detach(), faces.detach(), colour, stage.rasterizer, stage.cfg.coarse.ambient)
 
     def render(self, cameras: "Cameras", shading: str = "albedo", light_dirs: torch.Tensor | None = None) -> torch.Tensor:
