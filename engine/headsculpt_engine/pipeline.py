@@ -232,6 +232,7 @@ def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
     # the colour field (whose architecture the coarse section describes).
     cfg.coarse = parent_cfg.coarse
     cfg.fine.tet_resolution = parent_cfg.fine.tet_resolution
+    cfg.fine.max_offset_cells = parent_cfg.fine.max_offset_cells  # scales the stored offsets
     callbacks = callbacks or RunCallbacks()
     run_dir = Path(run_dir)
     if run_dir.resolve() == parent:
