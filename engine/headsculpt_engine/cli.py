@@ -13,6 +13,7 @@ from .errors import HeadSculptError
 COMMANDS = [
     "generate",
     "edit",
+    "learn_token",
     "make_tiny_models",
     "landmarks",
 ]
