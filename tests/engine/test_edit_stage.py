@@ -158,3 +158,37 @@ def test_reference_is_the_parent_rendered_from_the_trained_cameras(parent, tmp_p
                          reference=True, colour=TinyColour())
     assert not torch.allclose(render_albedo(edited.vertices, edited.faces, edited.albedo, last_cams)[0],
                               referenced[-1][2], atol=1e-3)
+
+
+def test_a_cancelled_edit_resumes_exactly_with_the_parent_as_reference(parent, tmp_path):
+    from headsculpt_engine.errors import Cancelled
+    from headsculpt_engine.stages.loop import RunCallbacks
+
+    folder, prior, start = parent
+
+    def edit_target(cameras):
+        return render_albedo(start.vertices, start.faces, recoloured(start.albedo), cameras)[0]
+
+    def guidance():
+        return ScoreDistillation(IdentityCodec(), OracleEdit(edit_target, 0.5), sd_alphas_cumprod(),
+                                 guidance_scale=1.0, generator=torch.Generator().manual_seed(8))
+
+    cfg = small_config(6)
+    cfg.fine.checkpoint_every = 2
+    straight, _ = run_edit(cfg, prior, guidance(), folder / "fine", tmp_path / "a", None, "cpu", reference=True,
+                           colour=TinyColour())
+    polls = {"n": 0}
+
+    def cancel_after_three() -> bool:
+        polls["n"] += 1
+        return polls["n"] > 3
+
+    with pytest.raises(Cancelled):
+        run_edit(cfg, prior, guidance(), folder / "fine", tmp_path / "b", RunCallbacks(should_cancel=cancel_after_three),
+                 "cpu", reference=True, colour=TinyColour())
+    resumed, _ = run_edit(cfg, prior, guidance(), folder / "fine", tmp_path / "b", None, "cpu", reference=True,
+                          colour=TinyColour())
+    assert torch.equal(straight.faces, resumed.faces)
+    assert torch.allclose(straight.vertices, resumed.vertices, atol=1e-6)
+    points = torch.rand(64, 3) - 0.5
+    assert torch.allclose(straight.albedo(points), resumed.albedo(points), atol=1e-6)
