@@ -16,6 +16,7 @@ COMMANDS = [
     "learn_token",
     "make_tiny_models",
     "landmarks",
+    "bench",
 ]
 
 

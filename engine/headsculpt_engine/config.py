@@ -41,6 +41,11 @@ class ModelsConfig:
     # A textual-inversion file that supplies `<back-view>` (see `headsculpt learn-token`).
     back_view_token_file: str = ""
     back_view_token: str = "<back-view>"
+    # Fast path (docs/benchmarks.md, "Full pipeline (bench)"): the UNet and ControlNets in the
+    # channels-last memory format on CUDA (the layout its convolution kernels prefer), and
+    # torch.compile of the UNet (its first steps compile for minutes, so it is off by default).
+    channels_last: bool = True
+    compile: bool = False
 
 
 @dataclass

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from ..errors import InputError
+from ..profiling import section
 from .base import GuidanceInputs, NoisePrediction
 
 if TYPE_CHECKING:
@@ -46,11 +47,12 @@ class VaeCodec:
     def encode(self, images: "torch.Tensor") -> "torch.Tensor":
         import torch
 
-        x = resize(images, self.resolution) * 2.0 - 1.0
-        x = x.to(self.vae.dtype)
-        chunks = x.split(1) if self.slicing else [x]  # slicing: one image at a time, less memory
-        latents = torch.cat([self.vae.encode(c).latent_dist.mean for c in chunks])
-        return latents * self.scaling_factor
+        with section("vae_encode"):
+            x = resize(images, self.resolution) * 2.0 - 1.0
+            x = x.to(self.vae.dtype)
+            chunks = x.split(1) if self.slicing else [x]  # slicing: one image at a time, less memory
+            latents = torch.cat([self.vae.encode(c).latent_dist.mean for c in chunks])
+            return latents * self.scaling_factor
 
 
 @dataclass
@@ -78,6 +80,10 @@ class ControlledUNet:
         self.unet = unet
 
     def __call__(self, noisy: "torch.Tensor", timesteps: "torch.Tensor", branches: Sequence[Branch]) -> list["torch.Tensor"]:
+        with section("unet_controlnet"):
+            return self._predict(noisy, timesteps, branches)
+
+    def _predict(self, noisy: "torch.Tensor", timesteps: "torch.Tensor", branches: Sequence[Branch]) -> list["torch.Tensor"]:
         import torch
 
         count, batch = len(branches), noisy.shape[0]

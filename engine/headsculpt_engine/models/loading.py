@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from .text import PromptEncoder
 
 TINY = "tiny"
+# Stable Diffusion 1.5 architectures with random weights, for `headsculpt bench` only (models/sd15_random.py).
+SD15_RANDOM = "sd15-random"
 
 
 @dataclass
@@ -78,6 +80,8 @@ def models_config_from_cli(value: str, base: ModelsConfig | None = None) -> Mode
     if value == TINY:
         cfg.base = TINY
         return cfg
+    if value == SD15_RANDOM:
+        raise _random_weights_refused()
     folder = Path(value).expanduser()
     if not is_tiny_models_dir(folder):
         raise InputError(f"--models {value!r} is neither 'tiny', 'default' nor a models folder with "
@@ -85,8 +89,15 @@ def models_config_from_cli(value: str, base: ModelsConfig | None = None) -> Mode
     return _folder_config(cfg, folder.resolve())
 
 
+def _random_weights_refused() -> InputError:
+    return InputError(f"The '{SD15_RANDOM}' models have random weights and would make only noise: only "
+                      f"`headsculpt bench` accepts them; pass 'default', 'tiny' or a models folder.")
+
+
 def resolve_models_config(cfg: ModelsConfig) -> ModelsConfig:
     """`base = "tiny"` (or a tiny-layout folder) stands for the whole set; spell out its parts."""
+    if cfg.base == SD15_RANDOM:
+        raise _random_weights_refused()
     if cfg.base == TINY:
         return _folder_config(cfg, tiny_models_dir())
     return cfg
@@ -113,8 +124,6 @@ def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from .text import PromptEncoder
-
     cfg = resolve_models_config(cfg)
     device = torch.device(device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -130,19 +139,35 @@ def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_
     face = load(ControlNetModel, cfg.face_controlnet, cfg.face_controlnet_subfolder, torch_dtype=dtype)
     ip2p = load(ControlNetModel, cfg.ip2p_controlnet, "", torch_dtype=dtype) if with_ip2p else None
 
+    return assemble_models(cfg, device, dtype, tokenizer=tokenizer, scheduler=scheduler, text_encoder=text_encoder,
+                           unet=unet, vae=vae, face=face, ip2p=ip2p)
+
+
+def assemble_models(cfg: ModelsConfig, device: "torch.device", dtype: "torch.dtype", *, tokenizer, scheduler,
+                    text_encoder, unet, vae, face, ip2p) -> DiffusionModels:
+    """Freeze the modules, apply the memory and speed options of `cfg`, place them on `device`."""
+    import torch
+
+    from .text import PromptEncoder
+
     modules = [m for m in (text_encoder, unet, vae, face, ip2p) if m is not None]
     for module in modules:
         module.eval().requires_grad_(False)
+    controlled = [m for m in (unet, face, ip2p) if m is not None]
     if cfg.attention_slicing:
-        for module in (unet, face, ip2p):
-            if module is not None:
-                module.set_attention_slice("auto")
+        for module in controlled:
+            module.set_attention_slice("auto")
     if cfg.cpu_offload and device.type == "cuda":
         _enable_cpu_offload(modules, device)
     else:
         # Offloading only helps when the accelerator's memory is short; on the CPU it is a no-op.
         for module in modules:
             module.to(device)
+    if cfg.channels_last and device.type == "cuda":
+        for module in controlled:
+            module.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        unet.compile()  # in place: the module keeps its type, config and dtype
     prompts = PromptEncoder(tokenizer, text_encoder, device)
     if cfg.back_view_token_file:
         prompts.load_back_view_token(Path(cfg.back_view_token_file), cfg.back_view_token)

@@ -21,6 +21,7 @@ from ..nerf.background import Background
 from ..nerf.field import HeadField
 from ..nerf.occupancy import OccupancyGrid
 from ..nerf.render import RenderOutput, RenderSettings, render
+from ..profiling import Profiler, profile, section
 from .loop import CHECKPOINT_NAME, RunCallbacks, StageSchedule, load_checkpoint, run_stage
 
 MESH_NAME = "coarse_mesh.obj"
@@ -139,8 +140,6 @@ class CoarseStage:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.c.lr, betas=self.c.betas,
                                           weight_decay=self.c.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
-        self.seconds = {"render": 0.0, "guidance": 0.0, "backward": 0.0}
-        self.steps_timed = 0
         self.last_samples_evaluated = 0
 
     # --- one step -----------------------------------------------------------------------------------
@@ -161,50 +160,39 @@ class CoarseStage:
         jitter = torch.randn(len(cameras), 3, generator=self.generator).to(self.device)
         return torch.nn.functional.normalize(cameras.positions().float() + 0.5 * jitter, dim=-1)
 
-    def _tick(self, key: str, since: float) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.seconds[key] += now - since
-        return now
-
     def step(self, iteration: int) -> float:
+        """One iteration; its phases are timed when a `profiling` profiler is active."""
         c = self.c
         if iteration > 0 and iteration % c.occupancy_update_every == 0:
             self.model.grid.update(self.model.field.density, self.generator)
-        began = time.perf_counter()
-        cameras = sample_cameras(self.cfg.camera, c.batch, c.resolution, c.resolution,
-                                 generator=self.generator, device=self.device)
-        shading = self.shading_for(iteration)
-        lights = self.light_dirs(cameras)
-        out = self.model.render(cameras, shading, lights, perturb=True, regularisers=True, generator=self.generator)
-        now = self._tick("render", began)
+        with section("render"):
+            cameras = sample_cameras(self.cfg.camera, c.batch, c.resolution, c.resolution,
+                                     generator=self.generator, device=self.device)
+            shading = self.shading_for(iteration)
+            lights = self.light_dirs(cameras)
+            out = self.model.render(cameras, shading, lights, perturb=True, regularisers=True,
+                                    generator=self.generator)
         self.last_samples_evaluated = out.samples_evaluated
-        g = self.cfg.guidance.resolution
-        landmarks = self.prior.landmark_maps(cameras.with_size(g, g), policy=self.cfg.guidance.back_view_policy)
-        guided = self.guidance(GuidanceInputs(images=out.image, cameras=cameras,
-                                              landmark_maps=landmarks.to(self.device)))
-        loss = guided.loss
-        if c.lambda_entropy > 0:
-            o = out.opacity.clamp(1e-5, 1.0 - 1e-5)
-            loss = loss + c.lambda_entropy * (-(o * o.log() + (1 - o) * (1 - o).log())).mean()
-        if c.lambda_orientation > 0:
-            loss = loss + c.lambda_orientation * out.orientation
-        if c.lambda_normal_consistency > 0:
-            loss = loss + c.lambda_normal_consistency * out.normal_consistency
-        now = self._tick("guidance", now)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self._tick("backward", now)
-        self.steps_timed += 1
+        with section("guidance"):
+            g = self.cfg.guidance.resolution
+            landmarks = self.prior.landmark_maps(cameras.with_size(g, g), policy=self.cfg.guidance.back_view_policy)
+            guided = self.guidance(GuidanceInputs(images=out.image, cameras=cameras,
+                                                  landmark_maps=landmarks.to(self.device)))
+            loss = guided.loss
+            if c.lambda_entropy > 0:
+                o = out.opacity.clamp(1e-5, 1.0 - 1e-5)
+                loss = loss + c.lambda_entropy * (-(o * o.log() + (1 - o) * (1 - o).log())).mean()
+            if c.lambda_orientation > 0:
+                loss = loss + c.lambda_orientation * out.orientation
+            if c.lambda_normal_consistency > 0:
+                loss = loss + c.lambda_normal_consistency * out.normal_consistency
+        with section("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+        with section("optimizer_step"):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         return float(loss.detach())
-
-    def phase_timings(self) -> dict[str, float]:
-        """Mean seconds per iteration of rendering, guidance and backward (this process's steps)."""
-        n = max(self.steps_timed, 1)
-        return {f"{key}_seconds_per_iteration": value / n for key, value in self.seconds.items()}
 
     # --- state --------------------------------------------------------------------------------------
 
@@ -272,11 +260,13 @@ def run_coarse(cfg: RunConfig, prior, guidance: Guidance, out_dir: Path, callbac
     out_dir = Path(out_dir)
     stage = CoarseStage(cfg, prior, guidance, device)
     schedule = StageSchedule(checkpoint_every=cfg.coarse.checkpoint_every, preview_every=cfg.coarse.preview_every)
-    timings = run_stage(stage, out_dir, callbacks, schedule, device=stage.device)
+    profiler = Profiler(stage.device)
+    with profile(profiler):
+        timings = run_stage(stage, out_dir, callbacks, schedule, device=stage.device)
     began = time.perf_counter()
     mesh = write_mesh(stage.model, out_dir / MESH_NAME)
     timings["mesh_seconds"] = time.perf_counter() - began
-    timings.update(stage.phase_timings())
+    timings.update(profiler.per_iteration(int(timings["iterations"])))
     previews = sorted((out_dir / "previews").glob("*.png"))
     return CoarseResult(out_dir=out_dir, checkpoint=out_dir / CHECKPOINT_NAME, mesh=mesh, previews=previews,
                         timings=timings)

@@ -12,37 +12,36 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 from ..config import RunConfig, preset_config
+from ..profiling import time_steps
 
 
-def _time_steps(stage, iterations: int, warmup: int) -> list[float]:
-    for iteration in range(warmup):
-        stage.step(iteration)
-    seconds = []
-    for iteration in range(warmup, warmup + iterations):
-        started = time.perf_counter()
-        stage.step(iteration)
-        seconds.append(time.perf_counter() - started)
-    return seconds
+def build_edit_stage(cfg: RunConfig, prior, models, instruction: str, device):
+    """An edit (IESD) stage starting from the prior's shape, with its frozen pre-edit avatar for M_pi."""
+    from ..guidance.factory import build_edit_guidance
+    from .fine import build_fine_stage
+    from .refine import FrozenAvatar, RefineStage
+
+    edit = build_fine_stage(cfg, prior, build_edit_guidance(cfg, models, cfg.prompt, instruction), device,
+                            stage_class=RefineStage, name="edit", reference=True)
+    edit.reference = FrozenAvatar.from_stage(edit)
+    return edit
 
 
 def benchmark_edit(cfg: RunConfig, prior, instruction: str = "make him old", iterations: int = 8, warmup: int = 1,
                    device="cpu") -> dict[str, float]:
     """Median seconds per iteration of the fine stage and of the edit, and their ratio."""
-    from ..guidance.factory import build_edit_guidance, build_guidance
+    from ..guidance.factory import build_guidance
     from ..models.loading import load_diffusion_models
     from .fine import build_fine_stage
-    from .refine import FrozenAvatar, RefineStage
+    from .refine import RefineStage
 
     models = load_diffusion_models(cfg.models, device, with_ip2p=True)
     fine = build_fine_stage(cfg, prior, build_guidance(cfg, models), device, stage_class=RefineStage)
-    edit = build_fine_stage(cfg, prior, build_edit_guidance(cfg, models, cfg.prompt, instruction), device,
-                            stage_class=RefineStage, name="edit", reference=True)
-    edit.reference = FrozenAvatar.from_stage(edit)
-    fine_s = statistics.median(_time_steps(fine, iterations, warmup))
-    edit_s = statistics.median(_time_steps(edit, iterations, warmup))
+    edit = build_edit_stage(cfg, prior, models, instruction, device)
+    fine_s = statistics.median(r["total"] for r in time_steps(fine, iterations, warmup, device))
+    edit_s = statistics.median(r["total"] for r in time_steps(edit, iterations, warmup, device))
     return {"fine_seconds_per_iteration": fine_s, "edit_seconds_per_iteration": edit_s, "ratio": edit_s / fine_s}
 
 

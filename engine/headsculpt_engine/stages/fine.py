@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..errors import InputError
+from ..profiling import section
 from .loop import RunCallbacks, StageSchedule, run_stage
 
 if TYPE_CHECKING:
@@ -150,21 +151,25 @@ class FineStage:
                              "run it with the diffusion models loaded.")
         cfg = self.cfg
         res = cfg.fine.resolution
-        cameras = sample_cameras(cfg.camera, cfg.fine.batch, res, res, generator=self.generator).to(self.device)
-        shading = self._shading()
-        light = self._light_dirs(cameras) if shading != "albedo" else None
-        images, vertices, faces = self.render(cameras, shading, light)
-        landmark_maps = self.prior.landmark_maps(cameras, policy=cfg.guidance.back_view_policy)
-        out = self.guidance(GuidanceInputs(images=images, cameras=cameras, landmark_maps=landmark_maps,
-                                           t_range=tuple(cfg.fine.t_range)))
-        loss = out.loss
-        if cfg.fine.lambda_laplacian > 0:
-            loss = loss + cfg.fine.lambda_laplacian * laplacian_loss(vertices, faces)
-        self.geometry_opt.zero_grad(set_to_none=True)
-        self.colour_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.geometry_opt.step()
-        self.colour_opt.step()
+        with section("render"):
+            cameras = sample_cameras(cfg.camera, cfg.fine.batch, res, res, generator=self.generator).to(self.device)
+            shading = self._shading()
+            light = self._light_dirs(cameras) if shading != "albedo" else None
+            images, vertices, faces = self.render(cameras, shading, light)
+        with section("guidance"):
+            landmark_maps = self.prior.landmark_maps(cameras, policy=cfg.guidance.back_view_policy)
+            out = self.guidance(GuidanceInputs(images=images, cameras=cameras, landmark_maps=landmark_maps,
+                                               t_range=tuple(cfg.fine.t_range)))
+            loss = out.loss
+            if cfg.fine.lambda_laplacian > 0:
+                loss = loss + cfg.fine.lambda_laplacian * laplacian_loss(vertices, faces)
+        with section("backward"):
+            self.geometry_opt.zero_grad(set_to_none=True)
+            self.colour_opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with section("optimizer_step"):
+            self.geometry_opt.step()
+            self.colour_opt.step()
         return float(loss.detach())
 
     def state_dict(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 
 from ..guidance.staged import StagedGuidance
+from ..profiling import section
 from .fine import FineResult, FineStage, build_fine_stage
 from .loop import CHECKPOINT_NAME, RunCallbacks, StageSchedule, load_checkpoint, run_stage
 
@@ -53,7 +54,7 @@ class FrozenAvatar:
     def render(self, cameras: "Cameras", shading: str = "albedo", light_dirs: torch.Tensor | None = None) -> torch.Tensor:
         from ..mesh.render import render_mesh
 
-        with torch.no_grad():
+        with torch.no_grad(), section("render"):
             images, _ = render_mesh(self.rasterizer, self.vertices, self.faces, cameras, self.colour.albedo,
                                     shading, light_dirs, ambient=self.ambient)  # type: ignore[arg-type]
         return images

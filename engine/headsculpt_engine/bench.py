@@ -1,0 +1,284 @@
+"""`headsculpt bench`: the time of a warm iteration of each stage, where it goes, and what a full run
+of the papers' length would take (docs/benchmarks.md, "Full pipeline (bench)").
+
+Each stage is built as a run builds it (the real renderers, the real guidance code path) on the
+built-in head prior, run for some untimed warm-up iterations, then timed. The split comes from the
+`profiling` sections the stages and the guidance mark: render (including M_pi for an edit), VAE
+encode, UNet + ControlNet(s), the rest of the guidance step (landmark maps, noise, the loss),
+backward and optimizer step; "other" is what no section covers. The bench also reports the checks of
+the fast path: which attention processor the UNet uses, the memory format, whether the UNet is
+compiled, whether the text encoder ran again for a prompt it had embedded (it must not: embeddings
+are cached) and whether autograd recorded the UNet (it must not: the guidance gradient is formed
+without backpropagating through it).
+"""
+from __future__ import annotations
+
+import datetime as _datetime
+import math
+import platform
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from .config import CoarseConfig, FineConfig, RunConfig
+from .profiling import medians, time_steps
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models.loading import DiffusionModels
+
+STAGES = ("coarse", "fine", "edit")
+# The phases of an iteration, in the order the table lists them.
+SPLIT = ("render", "vae_encode", "unet_controlnet", "guidance", "backward", "optimizer_step", "other")
+# A full run at the papers' settings: 7,000 coarse and 5,000 fine iterations (HeadSculpt appendix A.1);
+# an edit is a fine stage of the same length.
+PAPER_ITERATIONS = {"coarse": CoarseConfig().iterations, "fine": FineConfig().iterations,
+                    "edit": FineConfig().iterations}
+
+
+@dataclass
+class BenchRequest:
+    """What to time: stages, models ("tiny", "sd15-random", "default" or a folder), device, iterations."""
+
+    stages: tuple[str, ...] = STAGES
+    models: str = "sd15-random"
+    device: str = "auto"
+    iterations: int = 5
+    warmup: int = 2
+    prompt: str = "a DSLR portrait of an old man"
+    instruction: str = "make him wear glasses"
+
+
+def resolve_bench_device(name: str) -> "torch.device":
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_bench_models(cfg: RunConfig, name: str, device: "torch.device", with_ip2p: bool) -> "DiffusionModels":
+    """The bench's models: `sd15-random` (built here, see `models.sd15_random`) or what `--models` loads."""
+    from .models.loading import SD15_RANDOM, load_diffusion_models, models_config_from_cli
+
+    if name == SD15_RANDOM:
+        from .models.sd15_random import build_sd15_random_models
+
+        return build_sd15_random_models(cfg.models, device, with_ip2p=with_ip2p)
+    return load_diffusion_models(models_config_from_cli(name, cfg.models), device, with_ip2p=with_ip2p)
+
+
+def build_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", device: "torch.device",
+                instruction: str):
+    """A stage at its start, as a run builds it: coarse on the prior; fine and edit on the prior's shape
+    (no coarse run to start from: the cost of an iteration does not depend on where it started)."""
+    from .guidance.factory import build_guidance
+
+    if kind == "coarse":
+        from .stages.coarse import CoarseStage
+
+        return CoarseStage(cfg, prior, build_guidance(cfg, models), device)
+    if kind == "fine":
+        from .stages.fine import build_fine_stage
+
+        return build_fine_stage(cfg, prior, build_guidance(cfg, models), device)
+    if kind == "edit":
+        from .stages.edit_bench import build_edit_stage
+
+        return build_edit_stage(cfg, prior, models, instruction, device)
+    raise ValueError(f"Unknown stage {kind!r}: one of {', '.join(STAGES)}.")
+
+
+class ModelWatch:
+    """Forward hooks that record the prompts the text encoder encodes (as token rows) and whether
+    the UNet ran with autograd on."""
+
+    def __init__(self, models: "DiffusionModels"):
+        self.text_encoder_calls = 0
+        self.encoded_rows: list[tuple[int, ...]] = []
+        self.unet_calls = 0
+        self.unet_autograd = False
+        self._handles = [models.text_encoder.register_forward_hook(self._text_encoder_ran),
+                         models.unet.register_forward_hook(self._unet_ran)]
+
+    def _text_encoder_ran(self, module, args, output) -> None:
+        self.text_encoder_calls += 1
+        self.encoded_rows += [tuple(row) for row in args[0].tolist()]
+
+    @property
+    def repeated_prompts(self) -> int:
+        """Prompts encoded more than once (0 when the embeddings cache works)."""
+        return len(self.encoded_rows) - len(set(self.encoded_rows))
+
+    def _unet_ran(self, module, args, output) -> None:
+        import torch
+
+        self.unet_calls += 1
+        self.unet_autograd = self.unet_autograd or torch.is_grad_enabled()
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class MemoryMeter:
+    """Peak memory of a stage: `torch.cuda.max_memory_allocated` on CUDA, else the process's resident
+    set size (psutil), sampled after every timed step."""
+
+    def __init__(self, device: "torch.device"):
+        import torch
+
+        self.device = device
+        self.peak_bytes = 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self.kind = "cuda_max_memory_allocated"
+        else:
+            import psutil
+
+            self.process = psutil.Process()
+            self.kind = "rss"
+            self.sample()
+
+    def sample(self, record: dict | None = None) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
+        else:
+            self.peak_bytes = max(self.peak_bytes, self.process.memory_info().rss)
+
+
+def fast_path_report(models: "DiffusionModels") -> dict[str, Any]:
+    """What the fast path looks like on these models (read from the modules, not from the config)."""
+    import torch
+
+    def processors(module) -> list[str]:
+        return sorted({type(p).__name__ for p in module.attn_processors.values()})
+
+    controlnets = {"face_controlnet": models.face_controlnet, "ip2p_controlnet": models.ip2p_controlnet}
+    return {
+        "dtype": str(models.dtype).removeprefix("torch."),
+        "attention_processors": {"unet": processors(models.unet),
+                                 **{k: processors(m) for k, m in controlnets.items() if m is not None}},
+        "channels_last": models.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last),
+        "unet_compiled": getattr(models.unet, "_compiled_call_impl", None) is not None,
+    }
+
+
+def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", device: "torch.device",
+                request: BenchRequest, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Median seconds of a warm iteration of one stage, its split, peak memory and the model checks."""
+    stage = build_stage(kind, cfg, prior, models, device, request.instruction)
+    watch = ModelWatch(models)
+    meter = MemoryMeter(device)
+    try:
+        records = time_steps(stage, request.iterations, request.warmup, device, after_step=meter.sample,
+                             progress=progress)
+    finally:
+        watch.close()
+    typical = medians(records)
+    median = typical.pop("total")
+    return {
+        "iterations": request.iterations,
+        "warmup": request.warmup,
+        "median_seconds_per_iteration": median,
+        "min_seconds_per_iteration": min(r["total"] for r in records),
+        "split_median_seconds": {name: typical.get(name, 0.0) for name in SPLIT},
+        "peak_memory_mb": meter.peak_bytes / 2 ** 20,
+        "memory_kind": meter.kind,
+        "paper_iterations": PAPER_ITERATIONS[kind],
+        "projected_paper_seconds": median * PAPER_ITERATIONS[kind],
+        "steps": request.warmup + request.iterations,
+        "text_encoder_calls": watch.text_encoder_calls,
+        "prompts_encoded": len(watch.encoded_rows),
+        "prompts_encoded_again": watch.repeated_prompts,
+        "unet_calls": watch.unet_calls,
+        "unet_autograd": watch.unet_autograd,
+    }
+
+
+def machine_description(device: "torch.device") -> dict[str, Any]:
+    import os
+
+    import torch
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_bench(cfg: RunConfig, request: BenchRequest, prior=None,
+              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Time `request.stages` with `cfg`'s settings; the result is what `--json` writes."""
+    import torch
+
+    from .prior import builtin_prior
+
+    unknown = set(request.stages) - set(STAGES)
+    if unknown or not request.stages:
+        raise ValueError(f"Stages must be some of {', '.join(STAGES)}, not {sorted(unknown) or 'none'}.")
+    if request.iterations < 1 or request.warmup < 0:
+        raise ValueError("The bench needs at least one timed iteration and a warm-up of 0 or more.")
+    device = resolve_bench_device(request.device)
+    cfg.prompt = cfg.prompt or request.prompt
+    prior = prior if prior is not None else builtin_prior()
+    models = load_bench_models(cfg, request.models, device, with_ip2p="edit" in request.stages)
+    stages = {}
+    for kind in request.stages:
+        steps = request.warmup + request.iterations
+        report = (lambda done, kind=kind: progress(kind, done, steps)) if progress is not None else None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            stages[kind] = bench_stage(kind, cfg, prior, models, device, request, report)
+    projected = None
+    if "coarse" in stages and "fine" in stages:
+        projected = stages["coarse"]["projected_paper_seconds"] + stages["fine"]["projected_paper_seconds"]
+    g, c, f = cfg.guidance, cfg.coarse, cfg.fine
+    return {
+        "date": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(device),
+        "device": str(device),
+        "models": request.models,
+        "preset": cfg.preset,
+        "settings": {"guidance_resolution": g.resolution, "coarse_resolution": c.resolution, "coarse_batch": c.batch,
+                     "coarse_samples_per_ray": c.samples_per_ray, "fine_resolution": f.resolution,
+                     "fine_batch": f.batch, "fine_tet_resolution": f.tet_resolution},
+        "fast_path": fast_path_report(models),
+        "stages": stages,
+        "projected_paper_run_seconds": projected,
+    }
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as a plain-text table: one row per stage, seconds per iteration and per phase."""
+    head = ["stage", "s/it", *SPLIT, "peak MB", "paper its", "projected"]
+    rows = []
+    for kind, s in result["stages"].items():
+        rows.append([kind, f"{s['median_seconds_per_iteration']:.3f}",
+                     *(f"{s['split_median_seconds'][name]:.3f}" for name in SPLIT),
+                     f"{s['peak_memory_mb']:.0f}", str(s["paper_iterations"]), _duration(s["projected_paper_seconds"])])
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [head, *rows]]
+    fast = result["fast_path"]
+    lines += [
+        "",
+        f"device {result['device']}, models {result['models']} ({fast['dtype']}), preset {result['preset']}, "
+        f"guidance at {result['settings']['guidance_resolution']}px; memory: "
+        + ", ".join(sorted({s['memory_kind'] for s in result["stages"].values()})),
+        f"attention: {', '.join(f'{k} {v}' for k, v in fast['attention_processors'].items())}; "
+        f"channels-last {fast['channels_last']}; UNet compiled {fast['unet_compiled']}",
+        f"full paper run (coarse + fine): {_duration(result['projected_paper_run_seconds'])}",
+    ]
+    if result["preset"] != "paper":
+        lines.append(f"(timed with the {result['preset']} preset's settings: the projection is their time per "
+                     f"iteration times the papers' iteration counts, not a paper-settings figure)")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""`headsculpt bench`: the report's fields, the phase profiler, and the `sd15-random` models."""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+from headsculpt_engine import profiling
+from headsculpt_engine.bench import SPLIT, STAGES
+from headsculpt_engine.cli import main
+
+
+def test_bench_tiny_all_stages_reports_every_field(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--models", "tiny", "--device", "cpu", "--stage", "all", "--preset", "tiny",
+                 "--iters", "1", "--warmup", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for kind in STAGES:
+        assert kind in printed
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu" and result["models"] == "tiny" and result["preset"] == "tiny"
+    assert {"platform", "processor", "cpu_count", "torch", "torch_threads"} <= set(result["machine"])
+    assert result["settings"]["guidance_resolution"] == 64
+    fast = result["fast_path"]
+    assert fast["attention_processors"] == {name: ["AttnProcessor2_0"]
+                                            for name in ("unet", "face_controlnet", "ip2p_controlnet")}
+    assert fast["dtype"] == "float32" and fast["channels_last"] is False and fast["unet_compiled"] is False
+    assert set(result["stages"]) == set(STAGES)
+    for kind, stage in result["stages"].items():
+        median = stage["median_seconds_per_iteration"]
+        assert math.isfinite(median) and median > 0
+        assert stage["iterations"] == 1 and stage["warmup"] == 1 and stage["steps"] == 2
+        split = stage["split_median_seconds"]
+        assert list(split) == list(SPLIT)
+        assert all(math.isfinite(v) and v >= 0 for v in split.values())
+        # Every stage renders, encodes, runs the UNet, backpropagates and steps its optimiser.
+        for phase in ("render", "vae_encode", "unet_controlnet", "backward", "optimizer_step"):
+            assert split[phase] > 0, (kind, phase)
+        assert sum(split.values()) < 3 * median  # medians of parts of the same steps
+        assert stage["memory_kind"] == "rss" and 100 < stage["peak_memory_mb"] < 64_000
+        assert stage["projected_paper_seconds"] == pytest.approx(median * stage["paper_iterations"])
+        assert stage["unet_calls"] == 2 and stage["unet_autograd"] is False
+        assert stage["prompts_encoded_again"] == 0  # text embeddings come from the cache
+    assert result["stages"]["coarse"]["prompts_encoded"] > 0  # the first stage fills the cache
+    assert [result["stages"][k]["paper_iterations"] for k in STAGES] == [7000, 5000, 5000]
+    assert result["projected_paper_run_seconds"] == pytest.approx(
+        result["stages"]["coarse"]["projected_paper_seconds"] + result["stages"]["fine"]["projected_paper_seconds"])
+
+
+def test_profiler_times_nested_sections_exclusively():
+    assert profiling.section("x") is profiling.section("y")  # no profiler: the shared no-op
+    profiler = profiling.Profiler()
+    with profiling.profile(profiler):
+        with profiling.section("outer"):
+            time.sleep(0.02)
+            with profiling.section("inner"):
+                time.sleep(0.05)
+    assert profiling._active is None
+    seconds = profiler.take()
+    assert 0.05 <= seconds["inner"] < 0.2
+    assert 0.02 <= seconds["outer"] < 0.045  # the inner 0.05 s is not counted twice
+    assert profiler.take() == {}
+
+
+def test_time_steps_splits_each_step_and_skips_the_warmup():
+    class Stage:
+        def __init__(self):
+            self.calls = []
+
+        def step(self, iteration):
+            self.calls.append(iteration)
+            with profiling.section("work"):
+                time.sleep(0.01 if iteration == 0 else 0.02)
+            time.sleep(0.01)
+
+    stage, seen = Stage(), []
+    records = profiling.time_steps(stage, iterations=2, warmup=1, progress=seen.append)
+    assert stage.calls == [0, 1, 2] and seen == [1, 2, 3] and len(records) == 2
+    for record in records:
+        assert 0.02 <= record["work"] < 0.1 and 0.01 <= record["other"] < 0.1
+        assert record["work"] + record["other"] == pytest.approx(record["total"])
+    assert profiling.medians([{"a": 1.0}, {"a": 3.0, "b": 2.0}, {"a": 2.0}]) == {"a": 2.0, "b": 0.0}
+
+
+def test_sd15_random_assembles_the_sd15_architectures():
+    """Built on the meta device: the modules exist with their real configurations and cost no memory."""
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from headsculpt_engine.models.loading import DiffusionModels
+    from headsculpt_engine.models.sd15_architecture import (SD15_CONTROLNET, SD15_PARAMETERS_M, SD15_TEXT_ENCODER,
+                                                            SD15_UNET, SD15_VAE, parameter_count_millions)
+    from headsculpt_engine.models.sd15_random import build_sd15_random_models
+
+    models = build_sd15_random_models(None, "meta", with_ip2p=True)
+    assert isinstance(models, DiffusionModels) and models.device.type == "meta" and models.dtype == torch.float32
+    assert isinstance(models.unet, UNet2DConditionModel) and isinstance(models.vae, AutoencoderKL)
+    assert isinstance(models.text_encoder, CLIPTextModel) and isinstance(models.scheduler, DDPMScheduler)
+    for controlnet in (models.face_controlnet, models.ip2p_controlnet):
+        assert isinstance(controlnet, ControlNetModel) and controlnet is not models.unet
+        assert parameter_count_millions(controlnet) == pytest.approx(SD15_PARAMETERS_M["controlnet"], rel=0.005)
+        assert tuple(controlnet.config.block_out_channels) == SD15_CONTROLNET["block_out_channels"]
+    assert models.face_controlnet is not models.ip2p_controlnet
+    for key in ("block_out_channels", "down_block_types", "up_block_types"):
+        assert tuple(models.unet.config[key]) == SD15_UNET[key]
+    assert models.unet.config.cross_attention_dim == SD15_UNET["cross_attention_dim"] == 768
+    assert parameter_count_millions(models.unet) == pytest.approx(SD15_PARAMETERS_M["unet"], rel=0.005)
+    assert models.vae.config.scaling_factor == SD15_VAE["scaling_factor"]
+    assert models.text_encoder.config.vocab_size == SD15_TEXT_ENCODER["vocab_size"] == 49408
+    assert models.text_encoder.config.hidden_size == 768
+    assert all(not p.requires_grad for p in models.unet.parameters())
+    ids = models.tokenizer(["a DSLR portrait of a man, front view"], padding="max_length", max_length=77,
+                           return_tensors="pt").input_ids
+    assert ids.shape == (1, 77) and int(ids.max()) < 49408  # valid token ids for SD's text encoder
+    # SD 1.5's noise schedule: scaled-linear betas 0.00085 .. 0.012 over 1000 steps.
+    assert len(models.alphas_cumprod) == 1000
+    assert float(models.alphas_cumprod[-1]) == pytest.approx(0.00466, rel=0.01)
+    assert models.config.base == "sd15-random"
+
+
+def test_generate_refuses_the_random_models(tmp_path, capsys):
+    from headsculpt_engine.config import ModelsConfig
+    from headsculpt_engine.errors import InputError
+    from headsculpt_engine.models.loading import load_diffusion_models
+
+    code = main(["generate", "--prompt", "a man", "--models", "sd15-random", "--preset", "tiny",
+                 "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "only `headsculpt bench`" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "coarse").exists()
+    with pytest.raises(InputError, match="random weights"):
+        load_diffusion_models(ModelsConfig(base="sd15-random"), "cpu")
+
+
+def test_compile_flag_compiles_the_unet_in_place():
+    """`models.compile` wraps the UNet's forward with torch.compile (compiled on first call, not here)."""
+    from headsculpt_engine.bench import fast_path_report
+    from headsculpt_engine.config import preset_config
+    from headsculpt_engine.models.loading import load_diffusion_models
+
+    cfg = preset_config("tiny").models
+    cfg.compile = True
+    models = load_diffusion_models(cfg, "cpu")
+    report = fast_path_report(models)
+    assert report["unet_compiled"] is True and report["channels_last"] is False  # channels-last: CUDA only
+    assert type(models.unet).__name__ == "UNet2DConditionModel"
