@@ -140,7 +140,7 @@ class MemoryMeter:
             self.kind = "rss"
             self.sample()
 
-    def sample(self, record: dict | None = None) -> None:
+    def sample(self) -> None:
         import torch
 
         if self.device.type == "cuda":
@@ -172,8 +172,17 @@ def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", dev
     stage = build_stage(kind, cfg, prior, models, device, request.instruction)
     watch = ModelWatch(models)
     meter = MemoryMeter(device)
+    nonfinite = []
+
+    def after_step(record: dict, loss: float) -> None:
+        meter.sample()
+        # Random fp16 weights could overflow; a non-finite loss makes the GradScaler skip the optimiser
+        # step, which would make that phase look cheaper than it is.
+        if not math.isfinite(loss):
+            nonfinite.append(loss)
+
     try:
-        records = time_steps(stage, request.iterations, request.warmup, device, after_step=meter.sample,
+        records = time_steps(stage, request.iterations, request.warmup, device, after_step=after_step,
                              progress=progress)
     finally:
         watch.close()
@@ -195,6 +204,7 @@ def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", dev
         "prompts_encoded_again": watch.repeated_prompts,
         "unet_calls": watch.unet_calls,
         "unet_autograd": watch.unet_autograd,
+        "nonfinite_losses": len(nonfinite),
     }
 
 

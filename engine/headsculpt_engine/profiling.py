@@ -84,8 +84,8 @@ def time_steps(stage, iterations: int, warmup: int = 1, device: Any = None, afte
                progress=None) -> list[dict[str, float]]:
     """Run `warmup` untimed then `iterations` timed `stage.step(i)` calls; for each timed step, its
     sections' seconds plus "total" (the whole step) and "other" (the part no section covers).
-    `after_step(record)` may add to each timed record (e.g. memory); `progress(steps_done)` is
-    called after every step, outside the timed part."""
+    `after_step(record, loss)` sees each timed record and the step's return value (outside the
+    timed part); `progress(steps_done)` is called after every step."""
     profiler = Profiler(device)
     records = []
     with profile(profiler):
@@ -97,14 +97,14 @@ def time_steps(stage, iterations: int, warmup: int = 1, device: Any = None, afte
         for iteration in range(warmup, warmup + iterations):
             profiler.synchronize()
             began = time.perf_counter()
-            stage.step(iteration)
+            loss = stage.step(iteration)
             profiler.synchronize()
             total = time.perf_counter() - began
             record = profiler.take()
             record["other"] = max(total - sum(record.values()), 0.0)
             record["total"] = total
             if after_step is not None:
-                after_step(record)
+                after_step(record, loss)
             records.append(record)
             if progress is not None:
                 progress(iteration + 1)

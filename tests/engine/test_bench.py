@@ -41,7 +41,7 @@ def test_bench_tiny_all_stages_reports_every_field(tmp_path, capsys):
         assert sum(split.values()) < 3 * median  # medians of parts of the same steps
         assert stage["memory_kind"] == "rss" and 100 < stage["peak_memory_mb"] < 64_000
         assert stage["projected_paper_seconds"] == pytest.approx(median * stage["paper_iterations"])
-        assert stage["unet_calls"] == 2 and stage["unet_autograd"] is False
+        assert stage["unet_calls"] == 2 and stage["unet_autograd"] is False and stage["nonfinite_losses"] == 0
         assert stage["prompts_encoded_again"] == 0  # text embeddings come from the cache
     assert result["stages"]["coarse"]["prompts_encoded"] > 0  # the first stage fills the cache
     assert [result["stages"][k]["paper_iterations"] for k in STAGES] == [7000, 5000, 5000]
@@ -74,10 +74,12 @@ def test_time_steps_splits_each_step_and_skips_the_warmup():
             with profiling.section("work"):
                 time.sleep(0.01 if iteration == 0 else 0.02)
             time.sleep(0.01)
+            return float(iteration)
 
-    stage, seen = Stage(), []
-    records = profiling.time_steps(stage, iterations=2, warmup=1, progress=seen.append)
-    assert stage.calls == [0, 1, 2] and seen == [1, 2, 3] and len(records) == 2
+    stage, seen, losses = Stage(), [], []
+    records = profiling.time_steps(stage, iterations=2, warmup=1, progress=seen.append,
+                                   after_step=lambda record, loss: losses.append(loss))
+    assert stage.calls == [0, 1, 2] and seen == [1, 2, 3] and len(records) == 2 and losses == [1.0, 2.0]
     for record in records:
         assert 0.02 <= record["work"] < 0.1 and 0.01 <= record["other"] < 0.1
         assert record["work"] + record["other"] == pytest.approx(record["total"])
