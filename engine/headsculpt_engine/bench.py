@@ -166,6 +166,14 @@ def fast_path_report(models: "DiffusionModels") -> dict[str, Any]:
     }
 
 
+def stage_backends(stage) -> dict[str, str]:
+    """The hash grid (torch or tiny-cuda-nn) and rasteriser (torch or nvdiffrast) a stage runs on."""
+    if hasattr(stage, "model"):  # coarse: a NeRF
+        return {"hash_grid": stage.model.field.backend}
+    return {"hash_grid": getattr(stage.colour, "backend", type(stage.colour).__name__),
+            "rasterizer": stage.rasterizer.name}
+
+
 def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", device: "torch.device",
                 request: BenchRequest, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Median seconds of a warm iteration of one stage, its split, peak memory and the model checks."""
@@ -189,6 +197,7 @@ def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", dev
     typical = medians(records)
     median = typical.pop("total")
     return {
+        "backends": stage_backends(stage),
         "iterations": request.iterations,
         "warmup": request.warmup,
         "median_seconds_per_iteration": median,

@@ -31,6 +31,8 @@ def test_bench_tiny_all_stages_reports_every_field(tmp_path, capsys):
     for kind, stage in result["stages"].items():
         median = stage["median_seconds_per_iteration"]
         assert math.isfinite(median) and median > 0
+        assert stage["backends"]["hash_grid"] == "torch"  # tiny-cuda-nn and nvdiffrast only on CUDA
+        assert stage["backends"].get("rasterizer", "torch") == "torch"
         assert stage["iterations"] == 1 and stage["warmup"] == 1 and stage["steps"] == 2
         split = stage["split_median_seconds"]
         assert list(split) == list(SPLIT)
