@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_BASE_MODEL, PRESETS, ModelsConfig, RunConfig, preset_config
+from ..config import DEFAULT_BASE_MODEL, PRESETS, RunConfig, preset_config
 from ..errors import InputError
 from ..stages.loop import RunCallbacks
 from .store import JobRecord, JobStore
@@ -17,7 +17,7 @@ class ServerOptions:
     """What `headsculpt serve` was started with, beyond host and port."""
 
     data_dir: Path
-    models: str = "tiny"  # "tiny", "default", or a folder / model id for the base model
+    models: str = "default"  # "tiny", "default", or a folder / model id for the base model
     preset_limit: str = "paper"  # the heaviest preset this server accepts
     back_view_token_file: str = ""
     cpu_offload: bool = False
@@ -30,17 +30,13 @@ class ServerOptions:
         return DEFAULT_BASE_MODEL if self.models == "default" else self.models
 
 
-def models_config(spec: str) -> ModelsConfig:
-    """`--models`: "tiny" (the project's tiny random models), "default" (the papers' models from the
-    local cache), or a local folder / model id used as the base model."""
-    if spec == "default":
-        return ModelsConfig()
-    return ModelsConfig(base=spec)
-
-
 def job_config(request: dict[str, Any], options: ServerOptions) -> RunConfig:
+    from ..models.loading import apply_models_option
+
     cfg = preset_config(request["preset"])
-    cfg.models = models_config(options.models)
+    # As in the CLI: the tiny preset keeps its tiny models unless other models are named.
+    if options.models != "default" or cfg.preset != "tiny":
+        apply_models_option(cfg.models, options.models)
     cfg.models.cpu_offload = options.cpu_offload
     cfg.models.back_view_token_file = options.back_view_token_file
     cfg.prompt = request["prompt"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..config import Preset
 
@@ -11,7 +11,8 @@ MAX_TEXT = 500
 # Bounds that keep a request's numbers inside what SQLite and the engine's RNG accept.
 MAX_SEED = 2**32 - 1
 
-Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+# Surrounding whitespace is dropped first, so a blank prompt is refused as empty.
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT)]
 
 
 class _Strict(BaseModel):
