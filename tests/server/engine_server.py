@@ -53,9 +53,10 @@ class EngineServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def client(self, token: str | None = None, timeout: float = 60.0) -> httpx.Client:
-        token = self.token if token is None else token
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+    def client(self, token: str | None = "", timeout: float = 60.0) -> httpx.Client:
+        """A client with this server's token; `token=None` sends none, another string sends that."""
+        token = self.token if token == "" else token
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def kill(self) -> None:

@@ -7,7 +7,7 @@ import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
@@ -123,6 +123,7 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
                   description=f"API v{API_VERSION}. Every endpoint except /v1/health needs "
                               "'Authorization: Bearer <token>'.")
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(BearerAuth, token=token)  # added last: runs first, before any body is read
     app.state.store, app.state.worker, app.state.options = store, worker, options
 
     @app.exception_handler(RequestValidationError)
@@ -140,7 +141,6 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         return Health(status="ok", engine_version=__version__, api_version=API_VERSION,
                       device=device_label(), models=options.models_label())
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(BearerAuth(token))], responses=_ERRORS)
 
     def job_info(job: JobRecord) -> JobInfo:
         request = job.request
@@ -163,7 +163,7 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             raise HTTPException(404, f"No job {job_id!r} on this engine; list jobs with GET /v1/jobs.")
         return job
 
-    @v1.post("/priors", response_model=PriorInfo, status_code=201)
+    @app.post("/v1/priors", responses=_ERRORS, response_model=PriorInfo, status_code=201)
     def upload_prior(upload: PriorUpload) -> PriorInfo:
         try:
             with prior_lock:
@@ -172,15 +172,19 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             raise HTTPException(413, str(error)) from None
         except (BadPrior, HeadSculptError) as error:
             raise HTTPException(422, str(error)) from None
+        except Exception as error:  # noqa: BLE001 - a mesh the prior code cannot digest is refused
+            log.exception("building an uploaded prior failed")
+            raise HTTPException(422, f"The mesh could not be turned into a head prior ({type(error).__name__}: "
+                                     f"{error}); upload a single connected head surface.") from None
 
-    @v1.get("/priors/{prior_id}", response_model=PriorInfo)
+    @app.get("/v1/priors/{prior_id}", responses=_ERRORS, response_model=PriorInfo)
     def get_prior(prior_id: str) -> PriorInfo:
         info = priors.info(prior_id)
         if info is None:
             raise HTTPException(404, f"No prior {prior_id!r} on this engine; upload it with POST /v1/priors.")
         return info
 
-    @v1.post("/jobs", response_model=JobInfo, status_code=202)
+    @app.post("/v1/jobs", responses=_ERRORS, response_model=JobInfo, status_code=202)
     def submit_job(request: JobRequest) -> JobInfo:
         if request.preset not in options.allowed_presets():
             raise HTTPException(422, f"This engine accepts the presets {', '.join(options.allowed_presets())} "
@@ -202,16 +206,16 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         worker.wake()
         return job_info(job)
 
-    @v1.get("/jobs", response_model=JobList)
+    @app.get("/v1/jobs", responses=_ERRORS, response_model=JobList)
     def list_jobs() -> JobList:
         return JobList(jobs=[job_info(job) for job in store.list()])
 
-    @v1.get("/jobs/{job_id}", response_model=JobInfo)
+    @app.get("/v1/jobs/{job_id}", responses=_ERRORS, response_model=JobInfo)
     def read_job(job_id: str) -> JobInfo:
         return job_info(get_job(job_id))
 
-    @v1.get("/jobs/{job_id}/preview", response_class=FileResponse,
-            responses={200: {"content": {"image/png": {}}}})
+    @app.get("/v1/jobs/{job_id}/preview", response_class=FileResponse,
+            responses={**_ERRORS, 200: {"content": {"image/png": {}}}})
     def job_preview(job_id: str) -> FileResponse:
         job = get_job(job_id)
         run_dir = store.run_dir(job.job_id).resolve()
@@ -220,8 +224,8 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             raise HTTPException(404, "This job has no preview yet; previews appear as training goes on.")
         return FileResponse(path, media_type="image/png")
 
-    @v1.get("/jobs/{job_id}/result/{name}", response_class=FileResponse,
-            responses={200: {"content": {t: {} for t in sorted(set(_MEDIA_TYPES.values()))}}})
+    @app.get("/v1/jobs/{job_id}/result/{name}", response_class=FileResponse,
+            responses={**_ERRORS, 200: {"content": {t: {} for t in sorted(set(_MEDIA_TYPES.values()))}}})
     def job_result(job_id: str, name: str) -> FileResponse:
         info = job_info(get_job(job_id))
         if name not in info.result_files:  # only the fixed names, never a client-chosen path
@@ -230,17 +234,16 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         path = store.run_dir(info.job_id) / "result" / name
         return FileResponse(path, media_type=_MEDIA_TYPES[Path(name).suffix], filename=name)
 
-    @v1.post("/jobs/{job_id}/cancel", response_model=JobInfo)
+    @app.post("/v1/jobs/{job_id}/cancel", responses=_ERRORS, response_model=JobInfo)
     def cancel_job(job_id: str) -> JobInfo:
         store.request_cancel(get_job(job_id).job_id)
         return job_info(get_job(job_id))
 
-    @v1.delete("/jobs/{job_id}", status_code=204, response_class=Response)
+    @app.delete("/v1/jobs/{job_id}", responses=_ERRORS, status_code=204, response_class=Response)
     def delete_job(job_id: str) -> Response:
         job = get_job(job_id)
         if not store.delete(job.job_id):
             raise HTTPException(409, "The job is running: cancel it first, then delete it.")
         return Response(status_code=204)
 
-    app.include_router(v1)
     return app

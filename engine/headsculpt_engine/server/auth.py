@@ -7,7 +7,8 @@ import os
 import secrets
 from pathlib import Path
 
-from fastapi import HTTPException, Request
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 
 TOKEN_FILE = "token"
 
@@ -34,17 +35,27 @@ def read_token(path: Path) -> str:
 
 
 class BearerAuth:
-    """A FastAPI dependency that answers 401 unless `Authorization: Bearer <token>` matches."""
+    """ASGI middleware: 401 for any request under `/v1/` but the public paths unless it carries
+    `Authorization: Bearer <token>`. Checked before the body is read or validated, so an unauthorised
+    client learns nothing about the API and cannot make the server parse large bodies."""
 
-    def __init__(self, token: str):
-        self._token = token.encode()
+    def __init__(self, app, token: str, prefix: str = "/v1/", public: tuple[str, ...] = ("/v1/health",)):
+        self.app, self._token, self.prefix, self.public = app, token.encode(), prefix, public
 
-    def __call__(self, request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise HTTPException(401, "Missing token: send the engine's token as 'Authorization: Bearer "
-                                     "<token>' (the token is in the token file of the engine's data folder).",
-                                headers={"WWW-Authenticate": "Bearer"})
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix) and scope["path"] not in self.public:
+            problem = self._problem(Headers(scope=scope).get("authorization", ""))
+            if problem:
+                response = JSONResponse({"detail": problem}, status_code=401,
+                                        headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def _problem(self, header: str) -> str:
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return ("Missing token: send the engine's token as 'Authorization: Bearer <token>' "
+                    "(the token is in the token file of the engine's data folder).")
         if not hmac.compare_digest(given.strip().encode(), self._token):
-            raise HTTPException(401, "Wrong token: use the one in the token file of this engine's data folder.",
-                                headers={"WWW-Authenticate": "Bearer"})
+            return "Wrong token: use the one in the token file of this engine's data folder."
+        return ""
