@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from .. import API_VERSION, __version__
 from ..errors import HeadSculptError
 from .auth import BearerAuth
+from .landmark_preview import write_landmark_preview
 from .priors import BadPrior, BuildPrior, PriorStore, PriorTooLarge, build_engine_prior
 from .runner import PipelineJobs, ServerOptions
 from .schemas import ErrorBody, Health, JobInfo, JobList, JobRequest, PriorInfo, PriorUpload
@@ -183,6 +184,15 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         if info is None:
             raise HTTPException(404, f"No prior {prior_id!r} on this engine; upload it with POST /v1/priors.")
         return info
+
+    @app.get("/v1/priors/{prior_id}/landmark-preview", response_class=FileResponse,
+             responses={**_ERRORS, 200: {"content": {"image/png": {}}}})
+    def prior_landmark_preview(prior_id: str) -> FileResponse:
+        get_prior(prior_id)
+        prior_dir = priors.prior_dir(prior_id)
+        with prior_lock:  # rendering is heavy: one at a time, and each prior's sheet only once
+            path = write_landmark_preview(prior_dir, prior_dir.parent / "landmark_preview.png")
+        return FileResponse(path, media_type="image/png")
 
     @app.post("/v1/jobs", responses=_ERRORS, response_model=JobInfo, status_code=202)
     def submit_job(request: JobRequest) -> JobInfo:

@@ -56,6 +56,9 @@ class ProgressRecorder:
         self._last_write = 0.0
 
     def on_progress(self, progress: Progress) -> None:
+        if progress.message:  # "starting", "resuming", "already complete": worth a line in the log
+            log.info("job %s: %s %s at iteration %d of %d", self.job_id, progress.stage, progress.message,
+                     progress.iteration, progress.total)
         now = time.monotonic()
         boundary = progress.stage != self.stage or progress.iteration in (0, progress.total)
         if not boundary and now - self._last_write < self.min_interval_s:
