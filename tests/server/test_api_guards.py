@@ -73,7 +73,7 @@ def test_every_protected_route_needs_the_token(engine_server, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["pickle_body", "pickled_array", "non_mesh", "bad_indices", "nan",
-                                  "bad_base64", "too_many_faces", "body_too_large"])
+                                  "bad_base64", "too_many_faces", "body_too_large", "streamed_too_large"])
 def test_bad_priors_are_refused_with_a_sentence(engine_server, case):
     if case == "pickle_body":
         request = {"content": pickle.dumps({"vertices": TET_V}), "headers": {"Content-Type": "application/octet-stream"}}
@@ -98,10 +98,13 @@ def test_bad_priors_are_refused_with_a_sentence(engine_server, case):
         body = mesh_upload(TET_V, TET_F)
         body["face_count"] = 2_000_001
         request, expected = {"json": body}, 413
-    else:
+    elif case == "body_too_large":
         request = {"content": b"{" + b" " * (64 * 1024 * 1024 + 10) + b"}",
                    "headers": {"Content-Type": "application/json"}}
         expected = 413
+    else:  # no Content-Length: the limit must hold while the body streams in
+        chunks = (b" " * (1024 * 1024) for _ in range(66))
+        request, expected = {"content": chunks, "headers": {"Content-Type": "application/json"}}, 413
     with engine_server.client() as client:
         response = client.post("/v1/priors", **request)
         assert response.status_code == expected, response.text

@@ -32,17 +32,19 @@ _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422)}
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 for a request body over `limit` bytes, declared or streamed."""
+    """ASGI middleware: 413 for a request body over `limit` bytes, whether declared up front
+    (Content-Length) or found while streaming (chunked)."""
 
     def __init__(self, app, limit: int = MAX_BODY_BYTES):
         self.app, self.limit = app, limit
+        self.detail = f"The request is larger than {limit // (1024 * 1024)} MiB; send a smaller mesh."
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
+            return await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
         seen = 0
 
         async def limited_receive():
@@ -50,30 +52,11 @@ class BodySizeLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _BodyTooLarge
+                # An HTTPException passes through FastAPI's body parsing untouched and becomes the answer.
+                raise HTTPException(413, self.detail)
             return message
 
-        started = False
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(send)
-
-    async def _refuse(self, send):
-        response = JSONResponse({"detail": f"The request is larger than {self.limit // (1024 * 1024)} MiB; "
-                                           "send a smaller mesh."}, status_code=413)
-        await response({"type": "http"}, None, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, limited_receive, send)
 
 
 def _validation_sentence(error: RequestValidationError) -> str:
