@@ -239,4 +239,24 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             raise HTTPException(409, "The job is running: cancel it first, then delete it.")
         return Response(status_code=204)
 
+    _document_bearer_auth(app, public=("/v1/health",))
     return app
+
+
+def _document_bearer_auth(app: FastAPI, public: tuple[str, ...]) -> None:
+    """Declare the bearer token in the OpenAPI schema (the BearerAuth middleware enforces it)."""
+    build_schema = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build_schema()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "The token in the engine's data folder (DATA/token)."}}
+            for path, operations in schema["paths"].items():
+                if path.startswith("/v1/") and path not in public:
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+        return app.openapi_schema
+
+    app.openapi = openapi
