@@ -54,7 +54,8 @@ class FakeJobs:
 def fake_build(vertices, faces, landmark_file, out_dir: Path) -> BuiltPrior:
     out_dir.mkdir(parents=True)
     np.save(out_dir / "vertices.npy", vertices)
-    return BuiltPrior(is_flame=False, landmark_count=478 if landmark_file else 0)
+    indices = np.load(landmark_file, allow_pickle=False) if landmark_file else np.zeros(0)
+    return BuiltPrior(is_flame=False, landmark_count=len(indices))
 
 
 def tetrahedron_upload() -> dict:
@@ -210,3 +211,18 @@ def test_preset_limit_and_edit_parent_checks(tmp_path):
         assert edit.status_code == 202
         info = edit.json()
         assert (info["prompt"], info["prior_id"], info["instruction"]) == ("parent", prior_id, "make him older")
+
+
+def test_landmark_indices_reach_the_prior_builder_as_a_file(tmp_path):
+    with make_client(tmp_path, FakeJobs()) as client:
+        indices = [i % 4 for i in range(478)]
+        info = client.post("/v1/priors", json={**tetrahedron_upload(), "landmark_indices": indices})
+        assert info.status_code == 201, info.text
+        assert info.json()["landmarks"] == {"status": "found", "count": 478,
+                                            "message": "All 478 face landmarks were found."}
+        plain = client.post("/v1/priors", json=tetrahedron_upload()).json()
+        assert plain["prior_id"] != info.json()["prior_id"]  # the indices are part of the identity
+        out_of_range = client.post("/v1/priors", json={**tetrahedron_upload(), "landmark_indices": [4] * 478})
+        assert out_of_range.status_code == 422 and "below 4" in out_of_range.json()["detail"]
+        too_few = client.post("/v1/priors", json={**tetrahedron_upload(), "landmark_indices": [0] * 477})
+        assert too_few.status_code == 422 and "landmark_indices" in too_few.json()["detail"]

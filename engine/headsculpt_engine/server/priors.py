@@ -146,8 +146,9 @@ class PriorStore:
         try:
             landmark_file = None
             if upload.landmark_indices is not None:
-                landmark_file = staging / "landmark_indices.txt"
-                landmark_file.write_text("".join(f"{i}\n" for i in upload.landmark_indices))
+                # The engine's landmark-file format (as `--landmark-file`): 478 vertex indices in .npy.
+                landmark_file = staging / "landmark_indices.npy"
+                np.save(landmark_file, np.asarray(upload.landmark_indices, dtype=np.int64))
             built = self.build(vertices, faces, landmark_file, staging / "prior")
             info = PriorInfo(prior_id=prior_id, name=upload.name, vertex_count=len(vertices),
                              face_count=len(faces), is_flame=built.is_flame,
