@@ -36,7 +36,8 @@ class FakeJobs:
             raise self.fail_with[job.request["prompt"]]
         checkpoint = run_dir / "checkpoint.txt"
         start = int(checkpoint.read_text()) if checkpoint.exists() else 0
-        (run_dir / "starts.txt").open("a").write(f"{start}\n")
+        with (run_dir / "starts.txt").open("a") as starts:
+            starts.write(f"{start}\n")
         for i in range(start, self.steps):
             if callbacks.cancelled():
                 checkpoint.write_text(str(i))

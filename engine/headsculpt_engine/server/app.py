@@ -94,6 +94,8 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         worker.start()
+        # Importing torch to name the device takes seconds: do it now, not in the first health check.
+        threading.Thread(target=device_label, name="headsculpt-device-probe", daemon=True).start()
         try:
             yield
         finally:

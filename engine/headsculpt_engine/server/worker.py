@@ -113,13 +113,16 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            job = self.store.next_queued()
-            if job is None:
-                self._wake.wait(self.poll_interval_s)
-                self._wake.clear()
-                continue
-            if self.store.claim(job.job_id):
-                self._run(job)
+            try:
+                job = self.store.next_queued()
+                if job is None:
+                    self._wake.wait(self.poll_interval_s)
+                    self._wake.clear()
+                elif self.store.claim(job.job_id):
+                    self._run(job)
+            except Exception:  # noqa: BLE001 - e.g. a locked or full disk: keep the worker alive
+                log.exception("the worker could not read or update the job store; retrying")
+                self._stopping.wait(self.poll_interval_s)
 
     def _run(self, job: JobRecord) -> None:
         recorder = ProgressRecorder(self.store, job, self._stopping)
