@@ -31,12 +31,12 @@ class ServerOptions:
 
 
 def job_config(request: dict[str, Any], options: ServerOptions) -> RunConfig:
-    from ..models.loading import apply_models_option
+    from ..models.loading import models_config_from_cli
 
     cfg = preset_config(request["preset"])
     # As in the CLI: the tiny preset keeps its tiny models unless other models are named.
     if options.models != "default" or cfg.preset != "tiny":
-        apply_models_option(cfg.models, options.models)
+        cfg.models = models_config_from_cli(options.models, cfg.models)
     cfg.models.cpu_offload = options.cpu_offload
     cfg.models.back_view_token_file = options.back_view_token_file
     cfg.prompt = request["prompt"]
