@@ -93,5 +93,5 @@ def wait_for(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout
         job = client.get(f"/v1/jobs/{job_id}").json()
         if job.get("state") in states and (predicate is None or predicate(job)):
             return job
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not reach {states} within {timeout_s} s; last seen: {job}")

@@ -62,7 +62,7 @@ def test_generate_then_download_a_glb_that_loads(engine_server, prior_id, tmp_pa
         sheet = client.get(f"/v1/priors/{prior_id}/landmark-preview", timeout=300)
         assert sheet.status_code == 200 and sheet.headers["content-type"] == "image/png"
         image = np.asarray(Image.open(io.BytesIO(sheet.content)).convert("RGB"))
-        assert image.shape[1] == 4 * image.shape[0] and image.std() > 5  # four views, not blank
+        assert image.shape[1] > 3 * image.shape[0] and image.std() > 5  # four views side by side, not blank
 
         job = submit(client, prior_id, "a DSLR portrait of an old sailor")
         assert job["state"] in ("queued", "running") and job["prompt"] == "a DSLR portrait of an old sailor"
@@ -108,8 +108,7 @@ def test_two_clients_submitting_at_once_both_get_their_jobs_done_in_order(engine
 
 def test_cancel_a_running_job_keeps_its_checkpoint(engine_server, prior_id):
     with engine_server.client() as client:
-        # draft: long enough (1000 coarse iterations) that the cancel surely lands mid-training
-        job = submit(client, prior_id, "a bust of a Roman emperor", preset="draft")
+        job = submit(client, prior_id, "a bust of a Roman emperor")
         running = wait_for(client, job["job_id"], ("running",), JOB_TIMEOUT_S,
                            predicate=lambda j: j["stage"] == "coarse" and j["iteration"] >= 1)
         cancelled = client.post(f"/v1/jobs/{job['job_id']}/cancel").json()

@@ -14,8 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from .. import API_VERSION, __version__
 from ..errors import HeadSculptError
 from .auth import BearerAuth
-from .landmark_preview import write_landmark_preview
-from .priors import BadPrior, BuildPrior, PriorStore, PriorTooLarge, build_engine_prior
+from .priors import BadPrior, BuildPrior, PriorStore, PriorTooLarge, build_engine_prior, write_landmark_preview
 from .runner import PipelineJobs, ServerOptions
 from .schemas import ErrorBody, Health, JobInfo, JobList, JobRequest, PriorInfo, PriorUpload
 from .store import JobRecord, JobStore
@@ -66,7 +65,7 @@ def _validation_sentence(error: RequestValidationError) -> str:
         where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path"))
         if item.get("type") == "json_invalid":
             return "The request body is not valid JSON."
-        if item.get("type") == "union_tag_invalid" or where.endswith("kind") and item.get("type") == "union_tag_not_found":
+        if item.get("type") in ("union_tag_invalid", "union_tag_not_found"):
             return "The job needs \"kind\": \"generate\" or \"edit\"."
         parts.append(f"{where or 'body'}: {item.get('msg', 'invalid value')}")
     return "Invalid request: " + "; ".join(parts) + "."
@@ -110,7 +109,6 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
                               "'Authorization: Bearer <token>'.")
     app.add_middleware(BodySizeLimit)
     app.add_middleware(BearerAuth, token=token)  # added last: runs first, before any body is read
-    app.state.store, app.state.worker, app.state.options = store, worker, options
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):

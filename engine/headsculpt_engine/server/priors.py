@@ -105,6 +105,19 @@ def load_engine_prior(prior_dir: Path) -> Any:
     return HeadPrior.load(prior_dir)
 
 
+def write_landmark_preview(prior_dir: Path, out_path: Path) -> Path:
+    """The prior's landmark contact sheet (the prior area's renderer) as PNG, rendered once."""
+    if not out_path.is_file():
+        from PIL import Image
+
+        from ..prior.preview import contact_sheet
+
+        tmp = out_path.with_suffix(".tmp.png")
+        Image.fromarray(contact_sheet(load_engine_prior(prior_dir))).save(tmp)
+        tmp.replace(out_path)
+    return out_path
+
+
 def _landmark_status(count: int) -> LandmarkStatus:
     if count == LANDMARK_COUNT:
         return LandmarkStatus(status="found", count=count, message="All 478 face landmarks were found.")
