@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -106,10 +107,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"headsculpt engine {__version__} (API v{API_VERSION}) serving at http://{args.host}:{port}", flush=True)
     print(f"token file: {token_file}", flush=True)
     print(f"handshake: {handshake}", flush=True)
+    # uvicorn turns SIGINT/SIGTERM into a graceful shutdown (the app's lifespan end lets the running
+    # job checkpoint), then raises the signal again under the handler it found. For SIGTERM that
+    # handler is this no-op, so the shutdown ends here normally, with exit code 0; SIGINT still
+    # ends as KeyboardInterrupt (exit code 130).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        # uvicorn turns SIGINT/SIGTERM into a graceful shutdown, which runs the app's lifespan end.
         uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="on")).run(sockets=[sock])
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()
         try:
             if json.loads(handshake.read_text()).get("pid") == os.getpid():
