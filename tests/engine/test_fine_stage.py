@@ -122,3 +122,18 @@ def test_uniform_laplacian_loss():
     bumped = laplacian_loss(lifted, faces)
     # Interior vertices of this triangulation have 6 neighbours; the centre's neighbours are interior.
     assert math.isclose(float(bumped - flat) * n * n, 1.0 + 6 * (1.0 / 6.0) ** 2, rel_tol=1e-5)
+
+
+def test_density_to_sdf_recovers_distance_near_a_soft_sphere():
+    from headsculpt_engine.stages.fine import density_to_sdf
+
+    a, r = 0.005, 0.4  # the prior's density profile (Eq. 3): surface density 1 / (2a) = 100
+
+    def density(x):
+        return torch.sigmoid(-(x.norm(dim=-1) - r) / a) / a
+
+    sdf = density_to_sdf(density, threshold=100.0, step=0.002)
+    pts = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1) * (r + (torch.rand(200, 1) - 0.5) * 0.01)
+    assert torch.allclose(sdf(pts), pts.norm(dim=-1) - r, atol=2e-3)
+    far = torch.tensor([[0.0, 0.0, 0.0], [0.9, 0.0, 0.0]])
+    assert sdf(far)[0] < 0 < sdf(far)[1]

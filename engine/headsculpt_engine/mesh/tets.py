@@ -76,8 +76,9 @@ class TetGrid:
 
 def band_grid(resolution: int, sdf_fn: Callable[["torch.Tensor"], "torch.Tensor"], bound: float = 1.0,
               band_cells: float | None = 3.0, device=None, chunk: int = 1 << 18) -> tuple[TetGrid, "torch.Tensor"]:
-    """The grid scaled to [-bound, bound]^3, restricted to cells with a corner whose |sdf| is within
-    `band_cells` cells (all cells when None). Returns the grid and `sdf_fn` at its vertices."""
+    """The grid scaled to [-bound, bound]^3, restricted to cells with a corner within `band_cells`
+    cells of the surface (of a lattice vertex beside a sign change of `sdf_fn`), or all cells when
+    None. Returns the grid and `sdf_fn` at its vertices."""
     import torch
 
     vertices_np, tets_np = tet_grid(resolution)
@@ -89,10 +90,23 @@ def band_grid(resolution: int, sdf_fn: Callable[["torch.Tensor"], "torch.Tensor"
     if band_cells is None:
         tets = torch.from_numpy(np.array(tets_np)).long()
     else:
-        # Cells have their corner 0 at lattice (x, y, z) for x, y, z < res; a cell is kept when any of
-        # its eight corners lies in the band.
+        # Distance (in cells) from each lattice vertex to the nearest vertex beside a sign change; this
+        # does not trust the SDF's magnitude, which a density-derived estimate only roughly has.
+        from scipy.ndimage import distance_transform_edt
+
         r1 = resolution + 1
-        near = (sdf.abs() <= band_cells * cell).view(r1, r1, r1)
+        inside = (sdf < 0).view(r1, r1, r1).numpy()
+        boundary = np.zeros_like(inside)
+        for axis in range(3):
+            change = np.diff(inside, axis=axis)
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+            boundary[tuple(lo)] |= change
+            boundary[tuple(hi)] |= change
+        near = torch.from_numpy(distance_transform_edt(~boundary) <= band_cells) if boundary.any() \
+            else torch.zeros(r1, r1, r1, dtype=torch.bool)
+        # A cell (corner 0 at lattice x, y, z < res) is kept when any of its eight corners is near.
         cells = near[:-1, :-1, :-1].clone()
         for dx, dy, dz in itertools.product((0, 1), repeat=3):
             cells |= near[dx:dx + resolution, dy:dy + resolution, dz:dz + resolution]
