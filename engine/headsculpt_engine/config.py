@@ -114,6 +114,12 @@ class CoarseConfig:
     ambient: float = 0.3
     lambda_entropy: float = 0.0
     lambda_orientation: float = 0.0
+    # Normals for shading: "predicted" by the MLP head (A.1), or "gradient" = -grad(sigma) by central
+    # differences (the shape itself; six more density evaluations per sample).
+    shading_normals: Literal["predicted", "gradient"] = "predicted"
+    # Pulls the predicted normals towards the density-gradient normals (Ref-NeRF), so that shading
+    # with predicted normals follows the geometry; 0 = off.
+    lambda_normal_consistency: float = 0.0
     checkpoint_every: int = 500
     preview_every: int = 500
 

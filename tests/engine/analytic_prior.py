@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from headsculpt_engine.prior.density import DEFAULT_SHARPNESS, density_prior
+
 
 class SpherePrior:
-    def __init__(self, radius: float = 0.6, sharpness: float = 0.005):
+    def __init__(self, radius: float = 0.6):
         self.radius = radius
-        self.a = sharpness
 
     def signed_distance(self, points: torch.Tensor) -> torch.Tensor:
         return points.norm(dim=-1) - self.radius
 
-    def density(self, points: torch.Tensor) -> torch.Tensor:
-        # sigma_bar = max(0, softplus^-1(tau)), tau = sigmoid(-d / a) / a, softplus^-1(y) = y + log(-expm1(-y)).
-        tau = torch.sigmoid(-self.signed_distance(points) / self.a) / self.a
-        return (tau + torch.log(-torch.expm1(-tau))).clamp_min(0.0)
+    def density(self, points: torch.Tensor, a: float = DEFAULT_SHARPNESS) -> torch.Tensor:
+        return density_prior(self.signed_distance(points), a)
 
     def landmark_maps(self, cameras, policy: str = "none") -> torch.Tensor:
         return torch.zeros(len(cameras), 3, cameras.height, cameras.width)

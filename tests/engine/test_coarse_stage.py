@@ -34,7 +34,7 @@ def small_config(iterations: int) -> RunConfig:
     """A small grid at 32x32 with albedo shading: enough to learn two colours on CPU in seconds."""
     cfg = preset_config("tiny")
     c = cfg.coarse
-    c.iterations, c.resolution, c.samples_per_ray = iterations, 32, 24
+    c.iterations, c.resolution, c.samples_per_ray = iterations, 32, 32
     c.grid_levels, c.grid_log2_table_size, c.grid_finest_resolution = 8, 12, 128
     c.albedo_warmup = iterations
     # The paper's 1e-3 needs about twice the iterations to get there; 1e-2 keeps the test short.
@@ -46,26 +46,64 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10.0 * torch.log10(((a - b) ** 2).mean()))
 
 
-def test_initial_opacity_is_the_prior_silhouette_and_empty_space_is_skipped(prior):
+@pytest.fixture(scope="module")
+def flame_prior(flame_template):
+    from headsculpt_engine.prior import load_prior
+
+    return load_prior(flame_template, detect_landmarks=False)
+
+
+def flame_painted_target(prior):
+    """Rasterised renders of the FLAME prior, one colour in front (z > 0) and another behind, on white."""
+    from headsculpt_engine.mesh.raster import make_rasterizer
+
+    rasterizer = make_rasterizer("cpu", "torch")
+    vertices, faces = torch.as_tensor(prior.vertices), torch.as_tensor(prior.faces).long()
+    colours = torch.where(vertices[:, 2:3] > 0, FRONT, BACK)
+
+    def target(cameras):
+        raster = rasterizer.rasterize(vertices, faces, cameras.to("cpu"))
+        image = torch.where(raster.mask[..., None], rasterizer.interpolate(colours, raster, faces), BACKGROUND)
+        return image.permute(0, 3, 1, 2)
+    return target
+
+
+def test_initial_opacity_is_the_flame_silhouette_and_empty_space_is_skipped(flame_prior):
+    from headsculpt_engine.mesh.raster import make_rasterizer
+
     cfg = preset_config("tiny")
-    model = CoarseModel.create(cfg.coarse, prior, "cpu")
+    cfg.coarse.samples_per_ray = 64
+    model = CoarseModel.create(cfg.coarse, flame_prior, "cpu")
+    cameras = orbit_cameras([0.0, 90.0, 180.0, 270.0], polar_deg=[90.0, 70.0, 100.0, 60.0], radius=1.3,
+                            width=64, height=64)
+    with torch.no_grad():
+        out = model.render(cameras)
+    raster = make_rasterizer("cpu", "torch").rasterize(torch.as_tensor(flame_prior.vertices),
+                                                       torch.as_tensor(flame_prior.faces).long(), cameras)
+    opaque = out.opacity[:, 0] > 0.5
+    iou = (opaque & raster.mask).sum(dim=(1, 2)) / (opaque | raster.mask).sum(dim=(1, 2))
+    assert bool((iou >= 0.9).all()), iou
+    # The occupancy grid starts from the prior: the samples in empty space are never evaluated.
+    assert out.samples_evaluated < 0.5 * 4 * 64 * 64 * cfg.coarse.samples_per_ray
+    assert 0.02 < model.grid.occupancy() < 0.2
+
+
+def test_sphere_prior_silhouette_matches_the_analytic_one(prior):
+    model = CoarseModel.create(preset_config("tiny").coarse, prior, "cpu")
     cameras = orbit_cameras([0.0, 90.0, 180.0, 270.0], polar_deg=[90.0, 70.0, 100.0, 60.0], radius=1.3,
                             width=48, height=48)
     with torch.no_grad():
-        out = model.render(cameras)
+        opaque = model.render(cameras).opacity[:, 0] > 0.5
     silhouette, _ = prior.ray_hits(cameras)
-    opaque = out.opacity[:, 0] > 0.5
     iou = (opaque & silhouette).sum(dim=(1, 2)) / (opaque | silhouette).sum(dim=(1, 2))
-    assert bool((iou >= 0.9).all()), iou
-    # The occupancy grid starts from the prior: most samples (all those outside the head) are skipped.
-    assert out.samples_evaluated < 0.6 * 4 * 48 * 48 * cfg.coarse.samples_per_ray
-    assert 0.05 < model.grid.occupancy() < 0.3
+    assert bool((iou >= 0.95).all()), iou
 
 
-def test_oracle_guidance_trains_the_colours_of_a_painted_prior(prior):
-    cfg = small_config(80)
-    target = painted_target(prior)
-    stage = CoarseStage(cfg, prior, oracle_guidance(target, generator=torch.Generator().manual_seed(0)), "cpu")
+def test_oracle_guidance_trains_the_colours_of_a_painted_flame_head(flame_prior):
+    cfg = small_config(160)
+    target = flame_painted_target(flame_prior)
+    guidance = oracle_guidance(target, generator=torch.Generator().manual_seed(0))
+    stage = CoarseStage(cfg, flame_prior, guidance, "cpu")
     held_out = orbit_cameras([30.0, 120.0, 210.0, 300.0], polar_deg=75.0, radius=1.3, width=32, height=32)
 
     def held_out_psnr() -> float:
@@ -76,7 +114,7 @@ def test_oracle_guidance_trains_the_colours_of_a_painted_prior(prior):
     for iteration in range(cfg.coarse.iterations):
         stage.step(iteration)
     after = held_out_psnr()
-    assert before < 15.0
+    assert before < 12.0
     assert after >= 20.0, (before, after)
 
 
@@ -84,7 +122,7 @@ def resume_config(iterations: int) -> RunConfig:
     cfg = small_config(iterations)
     c = cfg.coarse
     c.resolution, c.samples_per_ray, c.occupancy_update_every, c.albedo_warmup = 16, 16, 3, 2
-    c.lambda_entropy, c.lambda_orientation = 0.01, 0.01
+    c.lambda_entropy, c.lambda_orientation, c.lambda_normal_consistency = 0.01, 0.01, 0.01
     c.checkpoint_every, c.preview_every = 100, 0
     return cfg
 
@@ -104,6 +142,8 @@ def test_resume_is_bit_identical(prior, tmp_path):
     a, b = straight.state_dict(), resumed.state_dict()
     for key, value in a["model"]["field"].items():
         assert torch.equal(value, b["model"]["field"][key]), key
+    for key, value in a["model"]["background"].items():
+        assert torch.equal(value, b["model"]["background"][key]), key
     assert torch.equal(a["model"]["grid"]["estimates"], b["model"]["grid"]["estimates"])
     assert torch.equal(a["generator"], b["generator"])
     # And training did change the parameters (the comparison is not between two untouched fields).
@@ -136,7 +176,7 @@ def test_run_coarse_writes_checkpoint_previews_mesh_and_loads_back(prior, tmp_pa
     result = run_coarse(cfg, prior, oracle_guidance(painted_target(prior)), tmp_path, device="cpu")
     assert result.checkpoint.exists() and result.mesh == tmp_path / "coarse_mesh.obj"
     assert [p.name for p in result.previews] == ["coarse_000003.png", "coarse_000006.png"]
-    assert Image.open(result.previews[-1]).size == (3 * cfg.coarse.resolution, cfg.coarse.resolution)
+    assert Image.open(result.previews[-1]).size == (3 * cfg.coarse.resolution, 2 * cfg.coarse.resolution)
     assert {"render_seconds_per_iteration", "guidance_seconds_per_iteration",
             "backward_seconds_per_iteration"} <= set(result.timings)
     mesh = trimesh.load(result.mesh, process=False)

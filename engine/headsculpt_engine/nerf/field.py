@@ -7,7 +7,7 @@ untrained field already is the prior head.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,8 @@ from .hashgrid import HashGridSpec, make_hash_grid, resolve_backend
 
 
 class DensityPrior(Protocol):
-    def density(self, points: torch.Tensor) -> torch.Tensor:
-        """sigma_bar(x) of Eq. 3 at points (..., 3) in the normalised frame."""
+    def density(self, points: torch.Tensor, a: float) -> torch.Tensor:
+        """sigma_bar(x) of Eq. 3 with sharpness `a` at points (..., 3) in the normalised frame."""
 
 
 def hash_grid_spec(cfg: CoarseConfig) -> HashGridSpec:
@@ -44,6 +44,7 @@ class HeadField(nn.Module):
         super().__init__()
         device = torch.device(device or "cpu")
         self.bound = cfg.bound
+        self.sharpness = cfg.prior_sharpness
         self.prior = prior
         self.backend = resolve_backend(backend or cfg.encoding_backend, device)
         self.encoding = make_hash_grid(hash_grid_spec(cfg), self.backend, device)
@@ -52,23 +53,28 @@ class HeadField(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """`sigma` (N,), `albedo` (N, 3) in [0, 1] and unit `normals` (N, 3) at points x (N, 3)."""
-        h = self.net(self.encoding((x / self.bound + 1.0) * 0.5)).float()
-        sigma = F.softplus(h[:, 3] + self.prior_density(x))
-        return {"sigma": sigma, "albedo": torch.sigmoid(h[:, 4:7]), "normals": F.normalize(h[:, 0:3], dim=-1)}
+        h = self.mlp_outputs(x)
+        return {"sigma": self._sigma(x, h), "albedo": torch.sigmoid(h[:, 4:7]),
+                "normals": F.normalize(h[:, 0:3], dim=-1)}
 
-    def prior_density(self, x: torch.Tensor) -> torch.Tensor:
+    def mlp_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The raw MLP head (N, 7): normal (3), density residual h0 (1), albedo logits (3)."""
+        return self.net(self.encoding((x / self.bound + 1.0) * 0.5)).float()
+
+    def _sigma(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.prior.density(x.float()).float()
+            prior = self.prior.density(x.float(), a=self.sharpness).float()
+        return F.softplus(h[:, 3] + prior)
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x)["sigma"]
+        return self._sigma(x, self.mlp_outputs(x))
 
     def albedo(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x)["albedo"]
+        return torch.sigmoid(self.mlp_outputs(x)[:, 4:7])
 
     def normals(self, x: torch.Tensor) -> torch.Tensor:
         """The normals the MLP predicts (unit length)."""
-        return self(x)["normals"]
+        return F.normalize(self.mlp_outputs(x)[:, 0:3], dim=-1)
 
     def gradient_normals(self, x: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
         """-grad(sigma) / |grad(sigma)| by central differences (differentiable w.r.t. the field)."""
@@ -77,6 +83,3 @@ class HeadField(nn.Module):
         sigma = self.density(points).view(-1, 2, 3)
         grad = (sigma[:, 0] - sigma[:, 1]) / (2 * eps)
         return -F.normalize(grad, dim=-1)
-
-    def extra_state_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend}

@@ -1,11 +1,15 @@
 """Multiresolution hash-grid encoding (Instant-NGP), as HeadSculpt's coarse NeRF uses it (A.1).
 
 Two backends behind one interface: tiny-cuda-nn's fused kernel when it imports on CUDA, and a
-PyTorch implementation of the same scheme everywhere else. Level l has resolution
-R_l = floor(base * b^l), b = (finest / base)^(1 / (levels - 1)); its (R_l + 1)^3 grid vertices are
-indexed densely when they fit the table, else by the spatial hash of Instant-NGP
-(x * 1 xor y * 2654435761 xor z * 805459861, modulo the table size). Features at a point are the
-trilinear interpolation of its cell's eight vertex features, concatenated over levels.
+PyTorch implementation of the same scheme, with tiny-cuda-nn's conventions, everywhere else:
+
+- level l has scale s_l = base * b^l - 1, b = (finest / base)^(1 / (levels - 1)), and resolution
+  R_l = ceil(s_l) + 1 vertices per axis; a point x in [0, 1]^3 sits at x * s_l + 0.5 in its grid;
+- the level's table has min(R_l^3, 2^log2_table_size) rows (rounded up to a multiple of 8);
+- a vertex (i, j, k) is indexed densely, i + R_l (j + R_l k), when R_l^3 fits the table, else by the
+  spatial hash (i * 1 xor j * 2654435761 xor k * 805459861) in uint32 arithmetic; both modulo the
+  table size;
+- features are the trilinear interpolation of the cell's eight vertices, concatenated over levels.
 """
 from __future__ import annotations
 
@@ -32,27 +36,29 @@ class HashGridSpec:
             return 1.0
         return math.exp(math.log(self.finest_resolution / self.base_resolution) / (self.levels - 1))
 
+    def scales(self) -> list[float]:
+        log2_scale = math.log2(self.per_level_scale)
+        return [2.0 ** (level * log2_scale) * self.base_resolution - 1.0 for level in range(self.levels)]
+
     def resolutions(self) -> list[int]:
-        return [int(math.floor(self.base_resolution * self.per_level_scale ** level)) for level in range(self.levels)]
+        return [int(math.ceil(scale)) + 1 for scale in self.scales()]
+
+    def table_sizes(self) -> list[int]:
+        cap = 2 ** self.log2_table_size
+        return [-(-min(r ** 3, cap) // 8) * 8 for r in self.resolutions()]
 
     @property
     def output_dim(self) -> int:
         return self.levels * self.features
 
 
-def level_indices(corner: torch.Tensor, resolution: int, table_size: int) -> torch.Tensor:
-    """Table row of integer grid vertices `corner` (..., 3) at one level: dense when the level's
-    vertices fit the table, else the Instant-NGP spatial hash."""
-    return _combine(corner[..., 0], corner[..., 1], corner[..., 2], resolution, table_size)
-
-
-def _combine(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, resolution: int, table_size: int) -> torch.Tensor:
-    side = resolution + 1
-    if side ** 3 <= table_size:
-        return x + side * (y + side * z)
-    # int64 products keep the low 32 bits equal to tcnn's uint32 arithmetic; the table size is a
-    # power of two, so the modulo is a mask.
-    return ((x * PRIMES[0]) ^ (y * PRIMES[1]) ^ (z * PRIMES[2])) & (table_size - 1)
+def vertex_rows(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, resolution: int, table_size: int) -> torch.Tensor:
+    """Table rows of integer grid vertices (broadcast x, y, z) at one level."""
+    if resolution ** 3 <= table_size:
+        return (x + resolution * (y + resolution * z)) % table_size
+    # int64 products keep the low 32 bits of tcnn's uint32 products; mask to 32 bits, then modulo.
+    hashed = ((x * PRIMES[0]) ^ (y * PRIMES[1]) ^ (z * PRIMES[2])) & 0xFFFFFFFF
+    return hashed % table_size
 
 
 class TorchHashGrid(nn.Module):
@@ -61,11 +67,10 @@ class TorchHashGrid(nn.Module):
     def __init__(self, spec: HashGridSpec, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.spec = spec
-        self.table_size = 2 ** spec.log2_table_size
+        self.level_scales = spec.scales()
         self.level_resolutions = spec.resolutions()
-        sizes = [min(self.table_size, (r + 1) ** 3) for r in self.level_resolutions]
         self.offsets = [0]
-        for size in sizes:
+        for size in spec.table_sizes():
             self.offsets.append(self.offsets[-1] + size)
         # Instant-NGP initialises the table uniformly in [-1e-4, 1e-4].
         self.table = nn.Parameter(torch.empty(self.offsets[-1], spec.features, dtype=dtype).uniform_(-1e-4, 1e-4))
@@ -78,10 +83,9 @@ class TorchHashGrid(nn.Module):
         x = x.clamp(0.0, 1.0).to(self.table.dtype)
         n = x.shape[0]
         rows, weights = [], []
-        for level, resolution in enumerate(self.level_resolutions):
-            pos = x * resolution
-            # Points on the upper face belong to the last cell, so every corner stays in the grid.
-            cell = pos.floor().clamp(max=resolution - 1)
+        for level, (scale, resolution) in enumerate(zip(self.level_scales, self.level_resolutions)):
+            pos = x * scale + 0.5
+            cell = pos.floor()
             frac = pos - cell
             # Per axis: the two vertex coordinates (N, 3, 2) and their linear weights.
             coords = cell.long()[..., None] + torch.arange(2, device=x.device)
@@ -89,7 +93,7 @@ class TorchHashGrid(nn.Module):
             cx, cy, cz = coords[:, 0, None, None, :], coords[:, 1, None, :, None], coords[:, 2, :, None, None]
             size = self.offsets[level + 1] - self.offsets[level]
             # Corner order 4k + 2j + i for the offsets (i, j, k).
-            rows.append(_combine(cx, cy, cz, resolution, size).reshape(n, 8) + self.offsets[level])
+            rows.append(vertex_rows(cx, cy, cz, resolution, size).reshape(n, 8) + self.offsets[level])
             weights.append((axis_w[:, 2, :, None, None] * axis_w[:, 1, None, :, None]
                             * axis_w[:, 0, None, None, :]).reshape(n, 8))
         # One gather for all levels: its backward is a single scatter-add into the table.
@@ -117,6 +121,8 @@ class TcnnHashGrid(nn.Module):
         return self.spec.output_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 0:  # the kernel launch needs at least one point
+            return x.new_zeros(0, self.output_dim)
         return self.encoding(x.clamp(0.0, 1.0)).float()
 
 

@@ -6,7 +6,8 @@ grid are sent through the field, in one batch; the rest have zero density. Compo
 C = sum_i T_i (1 - exp(-sigma_i delta_i)) c_i, T_i = prod_{j<i} exp(-sigma_j delta_j), plus the
 background times the remaining transmittance. Everything is vectorised over rays and samples.
 
-Shading modes: "albedo"; "lambertian" = albedo * (ambient + (1 - ambient) max(0, n.l)); "textureless"
+Shading uses the MLP's predicted normals, or the density-gradient ones when asked. Shading modes:
+"albedo"; "lambertian" = albedo * (ambient + (1 - ambient) max(0, n.l)); "textureless"
 = the same with white albedo; "normal" = the normals as colours, (n + 1) / 2.
 """
 from __future__ import annotations
@@ -32,6 +33,8 @@ class RenderSettings:
     shading: str = "albedo"
     perturb: bool = False
     orientation: bool = False  # also return the orientation penalty (density-gradient normals)
+    normal_consistency: bool = False  # also return the predicted-vs-gradient normal penalty
+    gradient_shading: bool = False  # shade with density-gradient normals instead of predicted ones
 
 
 @dataclass
@@ -39,6 +42,7 @@ class RenderOutput:
     image: torch.Tensor  # (B, 3, H, W)
     opacity: torch.Tensor  # (B, 1, H, W)
     orientation: torch.Tensor  # scalar: mean over rays of sum_i w_i max(0, n_i . d)^2 (0 when off)
+    normal_consistency: torch.Tensor  # scalar: mean over rays of sum_i w_i |n_pred - n_grad|^2 (0 when off)
     samples_evaluated: int
 
 
@@ -92,7 +96,8 @@ def render(field: HeadField, grid: OccupancyGrid, background: Background, camera
 
     with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
         out = field(flat_points)
-        grad_normals = field.gradient_normals(flat_points) if settings.orientation and index.numel() else None
+        needs_gradient = settings.orientation or settings.normal_consistency or settings.gradient_shading
+        grad_normals = field.gradient_normals(flat_points) if needs_gradient and index.numel() else None
 
     sigma = torch.zeros(rays * samples, device=device, dtype=torch.float32)
     sigma = sigma.index_put((index,), out["sigma"].float()).view(rays, samples)
@@ -103,17 +108,21 @@ def render(field: HeadField, grid: OccupancyGrid, background: Background, camera
     if light_dirs is None:
         light_dirs = torch.zeros(batch, 3, device=device)
     light = light_dirs.to(device).float()[torch.div(ray_of, height * width, rounding_mode="floor")]
-    colour = shade(settings.shading, out["albedo"].float(), out["normals"].float(), light, settings.ambient)
+    normals = grad_normals if settings.gradient_shading and grad_normals is not None else out["normals"]
+    colour = shade(settings.shading, out["albedo"].float(), normals.float(), light, settings.ambient)
     rgb = torch.zeros(rays, 3, device=device).index_add(0, ray_of, weights[:, None] * colour)
     opacity = torch.zeros(rays, device=device).index_add(0, ray_of, weights)
     bg = background(dirs.view(batch, -1, 3), generator=generator, training=settings.perturb).reshape(-1, 3)
     rgb = rgb + (1.0 - opacity[:, None]) * bg
 
-    orientation = torch.zeros((), device=device)
-    if grad_normals is not None:
+    orientation = consistency = torch.zeros((), device=device)
+    if grad_normals is not None and settings.orientation:
         facing = (grad_normals.float() * dirs[ray_of]).sum(-1).clamp_min(0.0) ** 2
         orientation = (weights.detach() * facing).sum() / rays
+    if grad_normals is not None and settings.normal_consistency:
+        error = ((out["normals"].float() - grad_normals.float()) ** 2).sum(-1)
+        consistency = (weights.detach() * error).sum() / rays
 
     image = rgb.view(batch, height, width, 3).permute(0, 3, 1, 2)
     return RenderOutput(image=image, opacity=opacity.view(batch, 1, height, width), orientation=orientation,
-                        samples_evaluated=int(index.numel()))
+                        normal_consistency=consistency, samples_evaluated=int(index.numel()))

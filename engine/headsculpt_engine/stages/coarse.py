@@ -36,21 +36,30 @@ class CoarseModel:
     grid: OccupancyGrid
 
     @classmethod
-    def create(cls, cfg: CoarseConfig, prior, device, backend: str | None = None) -> "CoarseModel":
+    def create(cls, cfg: CoarseConfig, prior, device, backend: str | None = None,
+               init_grid: bool = True) -> "CoarseModel":
+        """A fresh model; its occupancy grid starts from the prior unless a checkpoint will replace it."""
         head = HeadField(cfg, prior, device=device, backend=backend)
         grid = OccupancyGrid(cfg.occupancy_grid_resolution, cfg.bound, cfg.density_threshold,
                              cfg.occupancy_decay).to(device)
-        grid.init_from_prior(head.density, prior.signed_distance)
+        if init_grid:
+            grid.init_from_prior(head.density, prior.signed_distance)
         return cls(cfg, head, Background(cfg.background).to(device), grid)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [*self.field.parameters(), *self.background.parameters()]
 
     def render(self, cameras: Cameras, shading: str = "albedo", light_dirs: torch.Tensor | None = None,
-               perturb: bool = False, orientation: bool = False,
+               perturb: bool = False, regularisers: bool = False, gradient_shading: bool | None = None,
                generator: torch.Generator | None = None) -> RenderOutput:
-        settings = RenderSettings(samples=self.cfg.samples_per_ray, bound=self.cfg.bound, ambient=self.cfg.ambient,
-                                  shading=shading, perturb=perturb, orientation=orientation)
+        """Render `cameras`; `regularisers` also computes the penalties whose lambdas are > 0."""
+        c = self.cfg
+        if gradient_shading is None:
+            gradient_shading = c.shading_normals == "gradient" and shading in ("lambertian", "textureless", "normal")
+        settings = RenderSettings(samples=c.samples_per_ray, bound=c.bound, ambient=c.ambient, shading=shading,
+                                  perturb=perturb, orientation=regularisers and c.lambda_orientation > 0,
+                                  normal_consistency=regularisers and c.lambda_normal_consistency > 0,
+                                  gradient_shading=gradient_shading)
         return render(self.field, self.grid, self.background, cameras, settings, light_dirs, generator)
 
     def state_dict(self) -> dict[str, Any]:
@@ -132,6 +141,7 @@ class CoarseStage:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
         self.seconds = {"render": 0.0, "guidance": 0.0, "backward": 0.0}
         self.steps_timed = 0
+        self.last_samples_evaluated = 0
 
     # --- one step -----------------------------------------------------------------------------------
 
@@ -167,9 +177,9 @@ class CoarseStage:
                                  generator=self.generator, device=self.device)
         shading = self.shading_for(iteration)
         lights = self.light_dirs(cameras)
-        out = self.model.render(cameras, shading, lights, perturb=True, orientation=c.lambda_orientation > 0,
-                                generator=self.generator)
+        out = self.model.render(cameras, shading, lights, perturb=True, regularisers=True, generator=self.generator)
         now = self._tick("render", began)
+        self.last_samples_evaluated = out.samples_evaluated
         g = self.cfg.guidance.resolution
         landmarks = self.prior.landmark_maps(cameras.with_size(g, g), policy=self.cfg.guidance.back_view_policy)
         guided = self.guidance(GuidanceInputs(images=out.image, cameras=cameras,
@@ -180,6 +190,8 @@ class CoarseStage:
             loss = loss + c.lambda_entropy * (-(o * o.log() + (1 - o) * (1 - o).log())).mean()
         if c.lambda_orientation > 0:
             loss = loss + c.lambda_orientation * out.orientation
+        if c.lambda_normal_consistency > 0:
+            loss = loss + c.lambda_normal_consistency * out.normal_consistency
         now = self._tick("guidance", now)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -226,13 +238,17 @@ class CoarseStage:
 
 
 def save_preview(model: CoarseModel, size: int, path: Path) -> Path:
-    """Front, side and back albedo renders side by side in one PNG."""
+    """Front, side and back views side by side in one PNG: albedo on top, and below them the shape
+    (textureless, lit from the camera), which shows the geometry while the colours are still flat."""
     from PIL import Image
 
+    cameras = preview_cameras(size, size, device=model.grid.estimates.device)
+    lights = torch.nn.functional.normalize(cameras.positions().float(), dim=-1)
     with torch.no_grad():
-        image = model.render(preview_cameras(size, size, device=model.grid.estimates.device)).image
-    strip = torch.cat(list(image.clamp(0, 1)), dim=2)  # (3, H, 3W)
-    pixels = (strip.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype("uint8")
+        rows = [model.render(cameras, "albedo").image,
+                model.render(cameras, "textureless", lights, gradient_shading=True).image]
+    grid = torch.cat([torch.cat(list(row.clamp(0, 1)), dim=2) for row in rows], dim=1)  # (3, 2H, 3W)
+    pixels = (grid.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype("uint8")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
     Image.fromarray(pixels).save(tmp)
@@ -273,6 +289,6 @@ def load_coarse(out_dir: Path, cfg: RunConfig, prior, device=None) -> CoarseMode
         raise InputError(f"No coarse checkpoint at {path}; run the coarse stage first.")
     device = resolve_device(device)
     state = load_checkpoint(path, device)["stage"]["model"]
-    model = CoarseModel.create(cfg.coarse, prior, device, backend=state["backend"])
+    model = CoarseModel.create(cfg.coarse, prior, device, backend=state["backend"], init_grid=False)
     model.load_state_dict(state)
     return model
