@@ -30,6 +30,13 @@ def ssd_run(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def sds_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "sds"
+    headsculpt("generate", "--prompt", "a head of an old man", *TINY, "--set", "coarse.iterations=2", "--out", str(run))
+    return run
+
+
 @pytest.mark.slow
 def test_ssd_generation_runs_both_phases_each_on_its_own_parameters(ssd_run):
     record = json.loads((ssd_run / "run.json").read_text())
@@ -51,15 +58,15 @@ def test_ssd_generation_runs_both_phases_each_on_its_own_parameters(ssd_run):
 
 
 @pytest.mark.slow
-def test_edit_command_exports_an_avatar_that_names_its_parent(ssd_run, tmp_path):
+def test_edit_command_exports_an_avatar_that_names_its_parent(sds_run, tmp_path):
     out = tmp_path / "older"
-    headsculpt("edit", "--from", str(ssd_run), "--instruction", "make him old", "--guidance", "sds",
-               "--models", "tiny", "--device", "cpu", "--set", "fine.iterations=2", "--out", str(out))
+    headsculpt("edit", "--from", str(sds_run), "--instruction", "make him old", "--models", "tiny", "--device", "cpu",
+               "--set", "fine.iterations=2", "--out", str(out))
     record = json.loads((out / "run.json").read_text())
     avatar = json.loads((out / "result" / "avatar.json").read_text())
     for description in (record, avatar):
         assert description["kind"] == "edit"
-        assert description["parent"] == str(ssd_run.resolve())
+        assert description["parent"] == str(sds_run.resolve())
         assert description["instruction"] == "make him old"
         assert description["edit_mode"] == "iesd"
         assert description["prompt"] == "a head of an old man"
@@ -67,7 +74,7 @@ def test_edit_command_exports_an_avatar_that_names_its_parent(ssd_run, tmp_path)
     assert record["config"]["guidance"]["edit_scale"] == 0.6
     assert (out / "result" / "avatar.glb").is_file()
     edited = load_checkpoint(out / "fine" / "checkpoint.pt")["stage"]
-    parent = load_checkpoint(ssd_run / "fine" / "checkpoint.pt")["stage"]
+    parent = load_checkpoint(sds_run / "fine" / "checkpoint.pt")["stage"]
     assert edited["geometry"]["sdf"].shape == parent["geometry"]["sdf"].shape  # started from the parent
     assert not torch.equal(edited["geometry"]["sdf"], parent["geometry"]["sdf"])
 
