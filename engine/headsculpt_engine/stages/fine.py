@@ -135,6 +135,8 @@ class FineStage:
         if faces.shape[0] == 0:
             raise InputError("The fine stage's surface vanished (the SDF has one sign everywhere); "
                              "start again from the coarse run or lower fine.lr.")
+        # A plain white background: the mesh's silhouette is explicit, so a learned background (as the
+        # coarse NeRF has) is not needed to keep density out of empty space.
         images, _ = render_mesh(self.rasterizer, vertices, faces, cameras, self.colour.albedo, shading,
                                 light_dirs, ambient=self.cfg.coarse.ambient)
         return images, vertices, faces
