@@ -64,4 +64,3 @@ class StagedGuidance(Guidance):
         if self.ssd_phase is not None:
             changes["t_range"] = self.inner.t_range()  # type: ignore[attr-defined]
         return self.inner(dataclasses.replace(inputs, **changes))
-
