@@ -55,7 +55,7 @@ def prior_id(engine_server) -> str:
         return upload(client)
 
 
-def test_generate_then_download_a_glb_that_loads(engine_server, prior_id, tmp_path):
+def test_generate_then_download_a_glb_that_loads_and_edit_it(engine_server, prior_id, tmp_path):
     with engine_server.client() as client:
         info = client.get(f"/v1/priors/{prior_id}").json()
         assert info["vertex_count"] > 100 and info["landmarks"]["status"] in ("found", "missing")
@@ -79,6 +79,18 @@ def test_generate_then_download_a_glb_that_loads(engine_server, prior_id, tmp_pa
         assert done["has_preview"]
         preview = client.get(f"/v1/jobs/{job['job_id']}/preview")
         assert Image.open(io.BytesIO(preview.content)).format == "PNG"
+
+        # An edit of the finished avatar: same prompt and prior, the instruction on top.
+        edit = client.post("/v1/jobs", json={"kind": "edit", "parent_job_id": job["job_id"],
+                                             "instruction": "make him older", "preset": "tiny"})
+        assert edit.status_code == 202, edit.text
+        assert (edit.json()["prompt"], edit.json()["prior_id"]) == (done["prompt"], prior_id)
+        edited = wait_for(client, edit.json()["job_id"], ("done", "failed", "cancelled"), JOB_TIMEOUT_S)
+        assert edited["state"] == "done", edited["message"]
+        assert edited["stage"] == "edit" and "avatar.glb" in edited["result_files"]
+        glb = client.get(f"/v1/jobs/{edited['job_id']}/result/avatar.glb")
+        (tmp_path / "edited.glb").write_bytes(glb.content)
+        assert len(trimesh.load(tmp_path / "edited.glb", force="scene").geometry) >= 1
 
 
 def test_two_clients_submitting_at_once_both_get_their_jobs_done_in_order(engine_server, prior_id):
