@@ -135,15 +135,20 @@ def test_cancel_queued_and_running_jobs(tmp_path):
 
 def test_a_failing_job_gets_a_reason_and_the_next_job_runs(tmp_path):
     jobs = FakeJobs()
+    import torch
+
     jobs.fail_with = {"bad": InputError("The prompt says nothing we can use; describe a head."),
-                      "oom": MemoryError(), "bug": RuntimeError("boom")}
+                      "oom": torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                      "ram": MemoryError(), "bug": RuntimeError("boom")}
     with make_client(tmp_path, jobs) as client:
         prior_id = client.post("/v1/priors", json=tetrahedron_upload()).json()["prior_id"]
-        bad, oom, bug, good = (submit(client, prior_id, p) for p in ("bad", "oom", "bug", "good"))
+        bad, oom, ram, bug, good = (submit(client, prior_id, p) for p in ("bad", "oom", "ram", "bug", "good"))
         assert wait_state(client, bad["job_id"], ("failed",))["message"] == \
             "The prompt says nothing we can use; describe a head."
         message = wait_state(client, oom["job_id"], ("failed",))["message"]
         assert "out of memory in the coarse stage" in message and "lower preset" in message
+        assert "--cpu-offload" in message and "GPU with more memory" in message
+        assert "out of memory" in wait_state(client, ram["job_id"], ("failed",))["message"]
         assert "RuntimeError: boom" in wait_state(client, bug["job_id"], ("failed",))["message"]
         assert wait_state(client, good["job_id"], ("done", "failed"))["state"] == "done"
         assert client.get("/v1/health").json()["status"] == "ok"
