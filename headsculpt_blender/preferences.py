@@ -6,6 +6,7 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, FloatProperty, StringProperty
 
+from .client import EngineError
 from .engine import EngineSettings, detect_engine_python, parse_extra_args
 
 ADDON_ID = __package__
@@ -81,7 +82,11 @@ def preferences(context=None) -> HeadSculptPreferences:
 
 def engine_settings(prefs: HeadSculptPreferences) -> EngineSettings:
     """A plain snapshot of the preferences for worker threads."""
-    models = bpy.path.abspath(prefs.models_folder) if prefs.models == "folder" else prefs.models
+    models = prefs.models
+    if models == "folder":
+        if not prefs.models_folder:
+            raise EngineError("Pick the models folder in the add-on preferences, or choose other models.")
+        models = bpy.path.abspath(prefs.models_folder)
     return EngineSettings(
         mode=prefs.engine_mode,
         url=prefs.remote_url.strip(),
