@@ -105,10 +105,8 @@ def cmd_test(args: list[str]) -> int:
 
 def cmd_generate(args: list[str]) -> int:
     python = ensure_venv()
-    command = [str(python), "-m", "headsculpt_engine", "generate"]
-    if not any(a == "--out" or a.startswith("--out=") for a in args):
-        command += ["--out", str(ROOT / "out")]
-    return subprocess.run(command + args, cwd=ROOT).returncode
+    # Runs from the repository root, so the run folder lands under out/ unless --out says otherwise.
+    return subprocess.run([str(python), "-m", "headsculpt_engine", "generate", *args], cwd=ROOT).returncode
 
 
 def extension_version() -> str:

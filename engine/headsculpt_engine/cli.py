@@ -11,6 +11,7 @@ from .errors import HeadSculptError
 
 # Subcommand modules under headsculpt_engine.commands, in the order `--help` lists them.
 COMMANDS = [
+    "generate",
     "make_tiny_models",
 ]
 

@@ -1,0 +1,69 @@
+"""`headsculpt generate`: a textured head avatar from a prompt, on a head prior."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import add_run_options
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate", help="generate a textured head avatar from a text prompt",
+        description="Generate a textured head avatar from a prompt: coarse NeRF, fine DMTet, export (.glb, "
+                    "OBJ). Running the same command again resumes an interrupted run.")
+    parser.add_argument("--prompt", required=True, help='e.g. "a DSLR portrait of Saul Goodman"')
+    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--prior", default="builtin",
+                        help="head mesh (OBJ, PLY, GLB) used as the shape prior, or 'builtin' for the "
+                             "project's own neutral head (default)")
+    parser.add_argument("--landmark-file", default=None, metavar="FILE.npy",
+                        help="478 vertex indices (one per MediaPipe landmark) instead of automatic detection")
+    parser.add_argument("--guidance", choices=("sds", "ssd"), default="sds",
+                        help="sds: HeadSculpt's landmark-ControlNet score distillation (default); "
+                             "ssd: HeadArtist's self score distillation")
+    parser.add_argument("--stage", choices=("all", "coarse", "fine", "export"), default="all",
+                        help="run one stage only (default: all)")
+    parser.add_argument("--from-coarse", default=None, metavar="RUN_DIR",
+                        help="start the fine stage from the coarse stage of another run")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="run folder (default: out/<prompt>-seed<seed>); an existing run there is resumed")
+    add_run_options(parser)
+    parser.set_defaults(run=run)
+
+
+def load_prior_option(prior: str, landmark_file: str | None):
+    from ..prior import builtin_prior, load_prior
+
+    if prior == "builtin":
+        return builtin_prior()
+    return load_prior(Path(prior).expanduser(), landmark_file=landmark_file)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import pipeline
+    from ..stages.loop import RunCallbacks
+    from .options import ProgressBars, cancel_on_interrupt, config_from_args, slug
+
+    cfg = config_from_args(args)
+    cfg.prompt = pipeline.validate_prompt(args.prompt)
+    cfg.negative_prompt = args.negative_prompt
+    cfg.guidance.kind = args.guidance
+    run_dir = Path(args.out or Path("out") / f"{slug(cfg.prompt)}-seed{cfg.seed}")
+    print(f"Loading the head prior ({args.prior})...", flush=True)
+    prior = load_prior_option(args.prior, args.landmark_file)
+    stages = pipeline.STAGES if args.stage == "all" else (args.stage,)
+    bars = ProgressBars()
+    print(f"Generating \"{cfg.prompt}\" (preset {cfg.preset}, seed {cfg.seed}) into {run_dir}", flush=True)
+    try:
+        with cancel_on_interrupt() as cancel_requested:
+            callbacks = RunCallbacks(on_progress=bars, should_cancel=cancel_requested)
+            result_dir = pipeline.generate(cfg, prior, run_dir, callbacks, stages=stages,
+                                           coarse_dir=Path(args.from_coarse) / "coarse" if args.from_coarse else None)
+    finally:
+        bars.close()
+    if "export" in stages:
+        print(f"Done: {result_dir / 'avatar.glb'} (also OBJ, texture, turntable in {result_dir})")
+    else:
+        print(f"Done: stage {args.stage} in {run_dir}")
+    return 0

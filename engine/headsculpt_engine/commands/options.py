@@ -1,0 +1,104 @@
+"""Options several commands share (models, preset, overrides, device), and the terminal progress bar.
+
+Nothing heavy is imported at module level: `register` functions run for `headsculpt --help`.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..config import PRESETS, RunConfig, apply_overrides, preset_config
+from ..errors import InputError
+
+
+def add_run_options(parser: argparse.ArgumentParser, default_preset: str = "paper") -> None:
+    parser.add_argument("--models", default="default",
+                        help="'default' (the papers' Hugging Face models, from your local cache), 'tiny' "
+                             "(tiny random models for offline smoke runs), or a folder laid out like "
+                             "`headsculpt make-tiny-models` writes")
+    parser.add_argument("--preset", default=default_preset, choices=PRESETS,
+                        help="quality preset: paper (the papers' settings), standard, draft, tiny (CPU smoke run)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--back-view-token", metavar="FILE", default="",
+                        help="a <back-view> textual-inversion file from `headsculpt learn-token`")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="let diffusers download missing models from the Hugging Face Hub")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override any setting, e.g. --set coarse.iterations=70000 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run configuration the shared options describe."""
+    from ..models.loading import apply_models_option
+
+    try:
+        cfg = preset_config(args.preset)
+        cfg.seed, cfg.device = args.seed, args.device
+        if args.models != "default" or args.preset != "tiny":
+            apply_models_option(cfg.models, args.models)
+        if args.back_view_token:
+            token_file = Path(args.back_view_token).expanduser()
+            if not token_file.is_file():
+                raise InputError(f"The back-view token file {token_file} does not exist.")
+            cfg.models.back_view_token_file = str(token_file.resolve())
+        cfg.models.allow_download = bool(args.allow_download)
+        return apply_overrides(cfg, args.overrides)
+    except ValueError as error:
+        raise InputError(str(error)) from error
+
+
+def slug(text: str, limit: int = 48) -> str:
+    """A folder-name-safe short form of a prompt."""
+    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (words[:limit].rstrip("-")) or "run"
+
+
+@contextmanager
+def cancel_on_interrupt() -> Iterator[callable]:
+    """Ctrl-C asks the running stage to stop at the next iteration (it checkpoints first); a second
+    Ctrl-C interrupts at once."""
+    requested = {"flag": False}
+
+    def handler(signum, frame):
+        if requested["flag"]:
+            raise KeyboardInterrupt
+        requested["flag"] = True
+        print("\nStopping after this iteration (the run keeps its checkpoint; run the same command to resume)...",
+              flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: requested["flag"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class ProgressBars:
+    """One tqdm bar per stage, fed by the stages' progress callbacks."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, progress) -> None:
+        from tqdm import tqdm
+
+        if progress.stage != self.stage:
+            self.close()
+            self.stage = progress.stage
+            self.bar = tqdm(total=progress.total, desc=f"{progress.stage:>7}", unit="it", dynamic_ncols=True,
+                            initial=progress.iteration)
+        self.bar.n = progress.iteration
+        if progress.loss is not None:
+            self.bar.set_postfix(loss=f"{progress.loss:.4g}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
