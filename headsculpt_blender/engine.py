@@ -123,8 +123,8 @@ class LocalEngine:
             if handshake.is_file():
                 try:
                     info = json.loads(handshake.read_text())
-                    token = Path(info["token_file"]).read_text().strip()
-                    return EngineClient(info["url"], token)
+                    if info.get("pid") == process.pid:  # not one left behind by a killed engine
+                        return EngineClient(info["url"], Path(info["token_file"]).read_text().strip())
                 except (OSError, ValueError, KeyError):
                     pass  # written but not complete yet
             time.sleep(0.2)

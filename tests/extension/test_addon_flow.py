@@ -62,6 +62,9 @@ def generate(bpy, scene, prior, prompt="an old bearded man"):
     st = scene.headsculpt
     st.prior, st.prompt, st.preset, st.seed = prior, prompt, "tiny", 7
     assert bpy.ops.headsculpt.generate() == {"FINISHED"}
+    from headsculpt_blender import jobs
+    # Interactive Blender refreshes on a timer (timers never fire in background mode: tests poll).
+    assert bpy.app.timers.is_registered(jobs._timers[scene.name])
     poll_until(scene, lambda: st.result_object is not None)
     return st.result_object
 
