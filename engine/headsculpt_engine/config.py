@@ -67,6 +67,9 @@ class GuidanceConfig:
     ssd_texture_t_max: tuple[float, float] = (0.98, 0.7)  # annealed from the first to the second
     # HeadSculpt IESD
     edit_scale: float = 0.6  # w_e
+    # CFG scale of the edit (instruction) side; the identity side uses guidance_scale. The paper does
+    # not state it; 7.5 is InstructPix2Pix's own default text guidance scale.
+    edit_guidance_scale: float = 7.5
     ip2p_scale: float = 1.0  # conditioning scale of the InstructPix2Pix ControlNet
 
 
@@ -115,6 +118,13 @@ class FineConfig:
     t_range: tuple[float, float] = (0.02, 0.5)
     lambda_laplacian: float = 1.0
     max_offset_cells: float = 0.5  # |dv_i| bounded to this many tet-grid cells
+    # DMTet keeps only the cells within this many cells of the initial surface (the full 256 grid holds
+    # 100M tetrahedra); sign flips and offsets can move the surface anywhere inside that band.
+    band_cells: float = 4.0
+    # Coarse density taken as the surface when initialising from a coarse run: tau(0) = 1 / (2a) with
+    # a = 0.005 (Eq. 3), the density the prior itself has on its surface.
+    density_threshold: float = 100.0
+    rasterizer: Literal["auto", "torch", "nvdiffrast"] = "auto"
     checkpoint_every: int = 500
     preview_every: int = 500
 

@@ -50,6 +50,14 @@ class NoisePrediction:
         return self.uncond + scale * (self.cond - self.uncond)
 
 
+class Prediction(Protocol):
+    """Anything that gives a classifier-free-guided noise prediction (a plain NoisePrediction, or
+    IESD's blend of two)."""
+
+    def guided(self, scale: float) -> "torch.Tensor":
+        ...
+
+
 class LatentCodec(Protocol):
     def encode(self, images: "torch.Tensor") -> "torch.Tensor":
         """Differentiable map of (B, 3, H, W) images in [0, 1] to latents."""
@@ -57,7 +65,7 @@ class LatentCodec(Protocol):
 
 class NoisePredictor(Protocol):
     def __call__(self, noisy: "torch.Tensor", timesteps: "torch.Tensor", latents: "torch.Tensor",
-                 inputs: GuidanceInputs) -> NoisePrediction:
+                 inputs: GuidanceInputs) -> Prediction:
         """Predict the noise in `noisy` at `timesteps`. `latents` are the clean latents z, which only
         oracle predictors look at; real denoisers ignore them."""
 

@@ -1,0 +1,217 @@
+"""The latent-diffusion parts of a guidance: the VAE codec and ControlNet-conditioned noise predictors.
+
+All noise predictions of one step (unconditional and conditional, identity and edit) go through the
+UNet in ONE batched call; each ControlNet runs once on the rows it conditions and its residuals are
+zero for the other rows, which makes those rows exactly the plain UNet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from .base import GuidanceInputs, NoisePrediction
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.loading import DiffusionModels
+
+
+def resize(images: "torch.Tensor", resolution: int) -> "torch.Tensor":
+    """Square-resize (B, C, H, W) images to the guidance resolution (bilinear, antialiased when shrinking)."""
+    import torch.nn.functional as F
+
+    if images.shape[-2:] == (resolution, resolution):
+        return images
+    shrink = images.shape[-1] > resolution or images.shape[-2] > resolution
+    return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                         antialias=shrink)
+
+
+class VaeCodec:
+    """Renders in [0, 1] -> VAE latents (differentiable), as latent diffusion expects them:
+    resized to the guidance resolution, mapped to [-1, 1], encoded, scaled by the VAE's factor.
+
+    The posterior mean is used rather than a sample: SD's VAE posterior is nearly deterministic, and
+    the mean keeps a step reproducible from the guidance's own generator alone.
+    """
+
+    def __init__(self, vae, resolution: int, slicing: bool = False):
+        self.vae = vae
+        self.resolution = resolution
+        self.slicing = slicing
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+    def encode(self, images: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        x = resize(images, self.resolution) * 2.0 - 1.0
+        x = x.to(self.vae.dtype)
+        chunks = x.split(1) if self.slicing else [x]  # slicing: one image at a time, less memory
+        latents = torch.cat([self.vae.encode(c).latent_dist.mean for c in chunks])
+        return latents * self.scaling_factor
+
+
+@dataclass
+class Control:
+    """One ControlNet applied to some rows of a branch."""
+
+    model: object  # diffusers ControlNetModel
+    image: "torch.Tensor"  # (B, 3, R, R) in [0, 1] at the guidance resolution
+    active: "torch.Tensor"  # (B,) bool: rows that get this ControlNet's residuals
+    scale: float = 1.0
+
+
+@dataclass
+class Branch:
+    """One conditioning of the UNet for the whole batch: text embeddings and an optional ControlNet."""
+
+    embeddings: "torch.Tensor"  # (B, L, D)
+    control: Control | None = None
+
+
+class ControlledUNet:
+    """Runs several branches through the UNet in one batched call, with their ControlNet residuals."""
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    def __call__(self, noisy: "torch.Tensor", timesteps: "torch.Tensor", branches: Sequence[Branch]) -> list["torch.Tensor"]:
+        import torch
+
+        count, batch = len(branches), noisy.shape[0]
+        dtype = self.unet.dtype
+        sample = noisy.to(dtype).repeat(count, 1, 1, 1)
+        steps = timesteps.repeat(count)
+        embeddings = torch.cat([b.embeddings for b in branches]).to(dtype)
+        down, mid = None, None
+        for model in dict.fromkeys(b.control.model for b in branches if b.control is not None):
+            rows, images, scale = self._rows(branches, model, batch)
+            if rows.numel() == 0:
+                continue
+            rows = rows.to(sample.device)
+            d, m = model(sample[rows], steps[rows], encoder_hidden_states=embeddings[rows],
+                         controlnet_cond=images.to(dtype), conditioning_scale=scale, return_dict=False)
+            d = [self._scatter(r, rows, count * batch) for r in d]
+            m = self._scatter(m, rows, count * batch)
+            down = d if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
+        eps = self.unet(sample, steps, encoder_hidden_states=embeddings, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid, return_dict=False)[0]
+        return list(eps.float().split(batch))
+
+    @staticmethod
+    def _rows(branches: Sequence[Branch], model, batch: int):
+        """The rows (of the stacked branches) this ControlNet conditions, their control images, its scale."""
+        import torch
+
+        rows, images, scales = [], [], set()
+        for index, branch in enumerate(branches):
+            control = branch.control
+            if control is None or control.model is not model:
+                continue
+            active = control.active.cpu().nonzero().flatten()
+            rows.append(active + index * batch)
+            images.append(control.image[active.to(control.image.device)])
+            scales.add(float(control.scale))
+        if len(scales) > 1:
+            raise ValueError("One ControlNet must have one conditioning scale within a step.")
+        return torch.cat(rows), torch.cat(images), scales.pop()
+
+    @staticmethod
+    def _scatter(residual: "torch.Tensor", rows: "torch.Tensor", total: int) -> "torch.Tensor":
+        full = residual.new_zeros((total, *residual.shape[1:]))
+        full[rows] = residual
+        return full
+
+
+class LandmarkPredictor:
+    """eps(z_t; t, y, landmark map): the UNet with the face-landmark ControlNet (HeadSculpt Eq. 5),
+    unconditional (negative prompt) and conditional (view-dependent prompt) in one UNet call.
+
+    Back views: with policy "none" the rows of back views, and of empty landmark maps, get no
+    ControlNet residuals (HeadSculpt); with "oval" every row keeps the ControlNet (HeadArtist).
+    """
+
+    def __init__(self, models: "DiffusionModels", prompt: str, negative_prompt: str = "", resolution: int = 512,
+                 back_view_policy: str = "none", controlnet_scale: float = 1.0):
+        self.models = models
+        self.unet = ControlledUNet(models.unet)
+        self.prompt = prompt
+        self.negative_prompt = negative_prompt
+        self.resolution = resolution
+        self.back_view_policy = back_view_policy
+        self.controlnet_scale = controlnet_scale
+
+    def branches(self, inputs: GuidanceInputs) -> list[Branch]:
+        """[unconditional, conditional] for this batch."""
+        import torch
+
+        views = inputs.cameras.view_names()
+        prompts = self.models.prompts
+        cond = prompts.embed(prompts.view_prompts(self.prompt, views))
+        uncond = prompts.embed([self.negative_prompt] * len(views))
+        control = None
+        if inputs.landmark_maps is not None:
+            maps = resize(inputs.landmark_maps.to(self.models.device).float(), self.resolution)
+            active = torch.ones(len(views), dtype=torch.bool)
+            if self.back_view_policy == "none":
+                empty = maps.flatten(1).amax(dim=1).cpu() <= 0
+                back = torch.tensor([v == "back" for v in views])
+                active = ~(empty | back)
+            control = Control(self.models.face_controlnet, maps, active, self.controlnet_scale)
+        return [Branch(uncond, control), Branch(cond, control)]
+
+    def __call__(self, noisy, timesteps, latents, inputs: GuidanceInputs) -> NoisePrediction:
+        uncond, cond = self.unet(noisy, timesteps, self.branches(inputs))
+        return NoisePrediction(uncond=uncond, cond=cond)
+
+
+@dataclass
+class BlendedPrediction:
+    """IESD (HeadSculpt Eq. 7): w_e * eps_cfg(edit) + (1 - w_e) * eps_cfg(identity), each side with its
+    own classifier-free guidance scale (the identity side takes the step's scale)."""
+
+    identity: NoisePrediction
+    edit: NoisePrediction
+    edit_weight: float
+    edit_guidance_scale: float
+
+    def guided(self, scale: float) -> "torch.Tensor":
+        return (self.edit_weight * self.edit.guided(self.edit_guidance_scale)
+                + (1.0 - self.edit_weight) * self.identity.guided(scale))
+
+
+class EditPredictor:
+    """IESD's two predictions through the same UNet in one call: the identity side (original prompt,
+    landmark ControlNet) and the edit side (instruction, InstructPix2Pix ControlNet conditioned on the
+    pre-edit avatar's render from the same camera, `GuidanceInputs.reference_images`)."""
+
+    def __init__(self, identity: LandmarkPredictor, instruction: str, edit_weight: float,
+                 edit_guidance_scale: float, ip2p_scale: float = 1.0):
+        if identity.models.ip2p_controlnet is None:
+            raise ValueError("IESD needs the InstructPix2Pix ControlNet: load the models with with_ip2p=True.")
+        self.identity = identity
+        self.instruction = instruction
+        self.edit_weight = edit_weight
+        self.edit_guidance_scale = edit_guidance_scale
+        self.ip2p_scale = ip2p_scale
+
+    def __call__(self, noisy, timesteps, latents, inputs: GuidanceInputs) -> BlendedPrediction:
+        import torch
+
+        from ..errors import InputError
+
+        if inputs.reference_images is None:
+            raise InputError("Editing needs the pre-edit avatar's renders (reference_images) for each camera.")
+        models = self.identity.models
+        batch = noisy.shape[0]
+        reference = resize(inputs.reference_images.to(models.device).float(), self.identity.resolution)
+        control = Control(models.ip2p_controlnet, reference, torch.ones(batch, dtype=torch.bool), self.ip2p_scale)
+        edit = [Branch(models.prompts.embed([""] * batch), control),
+                Branch(models.prompts.embed([self.instruction] * batch), control)]
+        id_uncond, id_cond, edit_uncond, edit_cond = self.identity.unet(
+            noisy, timesteps, self.identity.branches(inputs) + edit)
+        return BlendedPrediction(identity=NoisePrediction(id_uncond, id_cond),
+                                 edit=NoisePrediction(edit_uncond, edit_cond),
+                                 edit_weight=self.edit_weight, edit_guidance_scale=self.edit_guidance_scale)

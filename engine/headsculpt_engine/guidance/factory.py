@@ -1,0 +1,100 @@
+"""Build the guidance a run asks for from its configuration and the loaded models."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from .base import Guidance, GuidanceInputs, GuidanceOutput
+from .diffusion import EditPredictor, LandmarkPredictor, VaeCodec
+from .sds import ScoreDistillation
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import RunConfig
+    from ..models.loading import DiffusionModels
+
+Phase = Literal["geometry", "texture"]
+
+
+class SsdPhases(Guidance):
+    """HeadArtist's self score distillation in its two phases.
+
+    geometry: normal-map renders, CFG `ssd_geometry_scale` (100), t in [t_min, `ssd_geometry_t_max`];
+    texture: CFG `ssd_texture_scale` (7.5) with the SSD negative prompt, t_max annealed linearly from
+    `ssd_texture_t_max[0]` to `[1]` as `progress` goes from 0 to 1.
+    The stage calls `set_phase(...)` (the renders it passes must match: normals for geometry).
+    """
+
+    def __init__(self, geometry: ScoreDistillation, texture: ScoreDistillation, t_min: float,
+                 geometry_t_max: float, texture_t_max: tuple[float, float]):
+        self.geometry = geometry
+        self.texture = texture
+        self.t_min = t_min
+        self.geometry_t_max = geometry_t_max
+        self.texture_t_max = texture_t_max
+        self.phase: Phase = "geometry"
+        self.progress = 0.0
+
+    def set_phase(self, phase: Phase, progress: float = 0.0) -> None:
+        if phase not in ("geometry", "texture"):
+            raise ValueError(f"Unknown SSD phase {phase!r}: 'geometry' or 'texture'.")
+        self.phase, self.progress = phase, min(max(progress, 0.0), 1.0)
+
+    def t_range(self) -> tuple[float, float]:
+        if self.phase == "geometry":
+            return (self.t_min, self.geometry_t_max)
+        start, end = self.texture_t_max
+        return (self.t_min, start + (end - start) * self.progress)
+
+    def __call__(self, inputs: GuidanceInputs) -> GuidanceOutput:
+        if inputs.t_range is None:
+            inputs = GuidanceInputs(**{**inputs.__dict__, "t_range": self.t_range()})
+        return (self.geometry if self.phase == "geometry" else self.texture)(inputs)
+
+
+def _prompt(cfg: "RunConfig", prompt: str | None) -> str:
+    return cfg.guidance.prompt_prefix + (cfg.prompt if prompt is None else prompt)
+
+
+def _landmark_predictor(cfg: "RunConfig", models: "DiffusionModels", prompt: str, negative: str) -> LandmarkPredictor:
+    g = cfg.guidance
+    return LandmarkPredictor(models, prompt, negative, g.resolution, g.back_view_policy, g.controlnet_scale)
+
+
+def _distillation(cfg: "RunConfig", models: "DiffusionModels", predictor, scale: float,
+                  generator: "torch.Generator | None", baseline: str = "noise") -> ScoreDistillation:
+    g = cfg.guidance
+    codec = VaeCodec(models.vae, g.resolution, slicing=models.config.vae_slicing)
+    return ScoreDistillation(codec, predictor, models.alphas_cumprod, guidance_scale=scale, t_range=g.t_range,
+                             grad_clip=g.grad_clip, generator=generator, baseline=baseline)  # type: ignore[arg-type]
+
+
+def build_guidance(cfg: "RunConfig", models: "DiffusionModels", prompt: str | None = None,
+                   generator: "torch.Generator | None" = None) -> Guidance:
+    """Generation guidance: SDS with the landmark ControlNet (kind "sds"), or `SsdPhases` ("ssd").
+    `prompt` defaults to cfg.prompt; the guidance's prompt prefix is put in front."""
+    g = cfg.guidance
+    text = _prompt(cfg, prompt)
+    if g.kind == "sds":
+        negative = cfg.negative_prompt or g.negative_prompt
+        return _distillation(cfg, models, _landmark_predictor(cfg, models, text, negative), g.guidance_scale, generator)
+    if g.kind == "ssd":
+        geometry_negative = cfg.negative_prompt or g.negative_prompt
+        texture_negative = cfg.negative_prompt or g.ssd_negative_prompt
+        geometry = _distillation(cfg, models, _landmark_predictor(cfg, models, text, geometry_negative),
+                                 g.ssd_geometry_scale, generator, baseline="cfg1")
+        texture = _distillation(cfg, models, _landmark_predictor(cfg, models, text, texture_negative),
+                                g.ssd_texture_scale, generator, baseline="cfg1")
+        return SsdPhases(geometry, texture, g.t_range[0], g.ssd_geometry_t_max, g.ssd_texture_t_max)
+    raise ValueError(f"Unknown guidance kind {g.kind!r}: 'sds' or 'ssd'.")
+
+
+def build_edit_guidance(cfg: "RunConfig", models: "DiffusionModels", prompt: str, instruction: str,
+                        edit_scale: float | None = None, generator: "torch.Generator | None" = None) -> Guidance:
+    """IESD (HeadSculpt Eq. 7): w_e = `edit_scale` (default cfg.guidance.edit_scale) on the instruction's
+    prediction, 1 - w_e on the original prompt's; needs models loaded with_ip2p=True."""
+    g = cfg.guidance
+    identity = _landmark_predictor(cfg, models, g.prompt_prefix + prompt, cfg.negative_prompt or g.negative_prompt)
+    weight = g.edit_scale if edit_scale is None else edit_scale
+    predictor = EditPredictor(identity, instruction, weight, g.edit_guidance_scale, g.ip2p_scale)
+    return _distillation(cfg, models, predictor, g.guidance_scale, generator)

@@ -1,0 +1,176 @@
+"""Load the diffusion models by Hugging Face id or from a local folder, offline unless allowed.
+
+Real ids and the tiny models go through the same `from_pretrained` calls: `--models tiny` is only a
+folder in the engine cache, written once by `make_tiny_models`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import ModelsConfig
+from ..errors import InputError, ModelNotFoundError
+from .tiny import FACE_CONTROLNET_DIR, FACE_CONTROLNET_SUBFOLDER, IP2P_CONTROLNET_DIR, is_tiny_models_dir
+
+if TYPE_CHECKING:
+    import torch
+
+    from .text import PromptEncoder
+
+TINY = "tiny"
+
+
+@dataclass
+class DiffusionModels:
+    """Everything a guidance needs; models are in eval mode with frozen weights."""
+
+    unet: Any  # diffusers UNet2DConditionModel
+    vae: Any  # diffusers AutoencoderKL
+    text_encoder: Any  # transformers CLIPTextModel
+    tokenizer: Any  # transformers CLIPTokenizer
+    scheduler: Any  # diffusers DDPMScheduler (its alphas_cumprod define the noise schedule)
+    face_controlnet: Any  # diffusers ControlNetModel for MediaPipe face-landmark maps
+    ip2p_controlnet: Any | None  # diffusers ControlNetModel for InstructPix2Pix (editing only)
+    prompts: "PromptEncoder"
+    device: "torch.device"
+    dtype: "torch.dtype"
+    config: ModelsConfig
+
+    @property
+    def alphas_cumprod(self) -> "torch.Tensor":
+        return self.scheduler.alphas_cumprod.float()
+
+
+def tiny_models_dir() -> Path:
+    """The engine's own tiny models, written on first use into the cache."""
+    from ..paths import cache_dir
+    from .tiny import make_tiny_models
+
+    folder = cache_dir() / "tiny-models"
+    if not is_tiny_models_dir(folder):
+        staging = folder.with_name(folder.name + ".partial")
+        make_tiny_models(staging)
+        staging.replace(folder)  # atomic: a half-written folder is never taken for a finished one
+    return folder
+
+
+def models_config_from_cli(value: str, base: ModelsConfig | None = None) -> ModelsConfig:
+    """The `--models` option: "tiny", "default" (the papers' ids), or a folder in the
+    make-tiny-models layout (a pipeline folder with `face-controlnet/` and `ip2p-controlnet/`)."""
+    cfg = dataclasses.replace(base or ModelsConfig())
+    if value == "default":
+        defaults = ModelsConfig()
+        cfg.base, cfg.face_controlnet = defaults.base, defaults.face_controlnet
+        cfg.face_controlnet_subfolder, cfg.ip2p_controlnet = defaults.face_controlnet_subfolder, defaults.ip2p_controlnet
+        return cfg
+    if value == TINY:
+        cfg.base = TINY
+        return cfg
+    folder = Path(value).expanduser()
+    if not is_tiny_models_dir(folder):
+        raise InputError(f"--models {value!r} is neither 'tiny', 'default' nor a models folder with "
+                         f"model_index.json and {FACE_CONTROLNET_DIR}/: pass one of those.")
+    return _folder_config(cfg, folder.resolve())
+
+
+def resolve_models_config(cfg: ModelsConfig) -> ModelsConfig:
+    """`base = "tiny"` (or a tiny-layout folder) stands for the whole set; spell out its parts."""
+    if cfg.base == TINY:
+        return _folder_config(cfg, tiny_models_dir())
+    return cfg
+
+
+def _folder_config(cfg: ModelsConfig, folder: Path) -> ModelsConfig:
+    return dataclasses.replace(cfg, base=str(folder), face_controlnet=str(folder / FACE_CONTROLNET_DIR),
+                               face_controlnet_subfolder=FACE_CONTROLNET_SUBFOLDER,
+                               ip2p_controlnet=str(folder / IP2P_CONTROLNET_DIR))
+
+
+def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
+    """auto: fp16 on CUDA, fp32 elsewhere (CPU kernels for half precision are slow or missing)."""
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_ip2p: bool = False) -> DiffusionModels:
+    """Load the base model's parts and the ControlNets (the IP2P one only for editing)."""
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from .text import PromptEncoder
+
+    cfg = resolve_models_config(cfg)
+    device = torch.device(device)
+    dtype = resolve_dtype(cfg.dtype, device)
+
+    def load(cls, name: str, subfolder: str = "", **kwargs):
+        return _from_pretrained(cls, name, subfolder, cfg.allow_download, **kwargs)
+
+    tokenizer = load(CLIPTokenizer, cfg.base, "tokenizer")
+    scheduler = load(DDPMScheduler, cfg.base, "scheduler")
+    text_encoder = load(CLIPTextModel, cfg.base, "text_encoder", dtype=dtype)
+    unet = load(UNet2DConditionModel, cfg.base, "unet", torch_dtype=dtype)
+    vae = load(AutoencoderKL, cfg.base, "vae", torch_dtype=dtype)
+    face = load(ControlNetModel, cfg.face_controlnet, cfg.face_controlnet_subfolder, torch_dtype=dtype)
+    ip2p = load(ControlNetModel, cfg.ip2p_controlnet, "", torch_dtype=dtype) if with_ip2p else None
+
+    modules = [m for m in (text_encoder, unet, vae, face, ip2p) if m is not None]
+    for module in modules:
+        module.eval().requires_grad_(False)
+    if cfg.attention_slicing:
+        for module in (unet, face, ip2p):
+            if module is not None:
+                module.set_attention_slice("auto")
+    if cfg.cpu_offload and device.type == "cuda":
+        _enable_cpu_offload(modules, device)
+    else:
+        # Offloading only helps when the accelerator's memory is short; on the CPU it is a no-op.
+        for module in modules:
+            module.to(device)
+    prompts = PromptEncoder(tokenizer, text_encoder, device)
+    if cfg.back_view_token_file:
+        prompts.load_back_view_token(Path(cfg.back_view_token_file), cfg.back_view_token)
+    return DiffusionModels(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                           scheduler=scheduler, face_controlnet=face, ip2p_controlnet=ip2p, prompts=prompts,
+                           device=device, dtype=dtype, config=cfg)
+
+
+def _enable_cpu_offload(modules: list, device: "torch.device") -> None:
+    """Keep each model in CPU memory and move it to the GPU only while it runs (accelerate hooks)."""
+    from accelerate import cpu_offload_with_hook
+
+    hook = None
+    for module in modules:
+        _, hook = cpu_offload_with_hook(module, device, prev_module_hook=hook)
+
+
+def _from_pretrained(cls, name: str, subfolder: str, allow_download: bool, **kwargs):
+    """`cls.from_pretrained` from a folder or a hub id, turning "not there" into ModelNotFoundError."""
+    where = f"{name}" + (f" (subfolder {subfolder})" if subfolder else "")
+    path = Path(name).expanduser()
+    if path.is_absolute() or name.startswith(".") or path.exists():
+        if not (path / subfolder).is_dir():
+            raise ModelNotFoundError(f"The model folder {path / subfolder} does not exist: pass the folder "
+                                     f"that holds the model, or a Hugging Face id.")
+        source = str(path)
+    else:
+        source = name
+    extra = {"subfolder": subfolder} if subfolder else {}
+    try:
+        return cls.from_pretrained(source, local_files_only=not allow_download, **extra, **kwargs)
+    except (OSError, ValueError) as error:
+        if source != name:
+            raise ModelNotFoundError(f"Could not load the model {where} from its folder ({error}).") from error
+        if allow_download:
+            raise ModelNotFoundError(f"Could not download the model {where} ({error}); check the id and "
+                                     f"your connection, or download it yourself.") from error
+        raise ModelNotFoundError(
+            f"The model {where} is not in the local Hugging Face cache and downloads are off: run "
+            f"`huggingface-cli download {name}` and try again, allow downloads (models.allow_download=true), "
+            f"or pass a local folder.") from error

@@ -1,0 +1,143 @@
+"""Tiny random-weight diffusion models in the real diffusers layout, for tests and CPU smoke runs.
+
+The folder holds a Stable-Diffusion-style pipeline (unet/, vae/, text_encoder/, tokenizer/,
+scheduler/, model_index.json) plus the two ControlNets laid out as their Hugging Face repositories
+are: the face-landmark ControlNet in `face-controlnet/diffusion_sd15/` (as
+CrucibleAI/ControlNetMediaPipeFace) and the InstructPix2Pix ControlNet in `ip2p-controlnet/`. The
+loader reads them with the same `from_pretrained` calls as the real ids.
+
+The VAE and the ControlNet conditioning embedding both downsample by `DOWNSAMPLE` (2), so a control
+image drawn at the guidance resolution matches the latents the VAE makes from a render of that size.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Folder names inside a tiny-models folder (also used to recognise one).
+FACE_CONTROLNET_DIR = "face-controlnet"
+FACE_CONTROLNET_SUBFOLDER = "diffusion_sd15"
+IP2P_CONTROLNET_DIR = "ip2p-controlnet"
+
+DOWNSAMPLE = 2
+_WIDTHS = (16, 32)  # block channels of the UNet, ControlNet and VAE: two levels = one 2x downsampling
+_TEXT_DIM = 32
+_MAX_TOKENS = 77  # as CLIP: prompts are padded to 77 tokens
+
+# Words whose byte-pair merges the tiny tokenizer knows, so common prompts tokenise to few tokens.
+_WORDS = ("a", "head", "of", "portrait", "dslr", "man", "woman", "old", "young", "front", "side", "back",
+          "view", "make", "him", "her", "the", "with", "hair", "worst", "low", "quality", "semi", "realistic")
+
+
+def is_tiny_models_dir(path: Path) -> bool:
+    return (path / "model_index.json").is_file() and (path / FACE_CONTROLNET_DIR).is_dir()
+
+
+def make_tiny_models(out_dir: Path, seed: int = 0) -> Path:
+    """Write the tiny models to `out_dir` (created); the same seed gives the same bytes."""
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = _write_tokenizer(out_dir / "tokenizer")
+
+    blocks = dict(block_out_channels=_WIDTHS, layers_per_block=1, norm_num_groups=8,
+                  cross_attention_dim=_TEXT_DIM, attention_head_dim=4)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, **blocks,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    controlnets = {}
+    for name in ("face", "ip2p"):
+        torch.manual_seed(seed + (1 if name == "face" else 2))
+        controlnets[name] = ControlNetModel(
+            in_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), **blocks,
+            conditioning_embedding_out_channels=(8, 16))  # two levels = 2x, as the VAE
+        _wake_zero_convs(controlnets[name], seed)
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=_WIDTHS, layers_per_block=1,
+        norm_num_groups=8, sample_size=64,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    torch.manual_seed(seed + 4)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=_TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=_MAX_TOKENS, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]))
+    # Stable Diffusion's training schedule: 1000 steps of scaled_linear betas 0.00085 .. 0.012.
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", clip_sample=False, steps_offset=1)
+
+    unet.save_pretrained(out_dir / "unet")
+    vae.save_pretrained(out_dir / "vae")
+    text_encoder.save_pretrained(out_dir / "text_encoder")
+    scheduler.save_pretrained(out_dir / "scheduler")
+    controlnets["face"].save_pretrained(out_dir / FACE_CONTROLNET_DIR / FACE_CONTROLNET_SUBFOLDER)
+    controlnets["ip2p"].save_pretrained(out_dir / IP2P_CONTROLNET_DIR)
+    model_index = {
+        "_class_name": "StableDiffusionPipeline",
+        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
+        "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (out_dir / "model_index.json").write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def _wake_zero_convs(controlnet, seed: int) -> None:
+    """A fresh ControlNet's output convolutions are zero, so its residuals would be zero and a test
+    could not tell whether they are applied; give them small random weights instead."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 10)
+    with torch.no_grad():
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
+        last = controlnet.controlnet_cond_embedding.conv_out
+        last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * 0.05)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map of bytes to printable characters."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def _write_tokenizer(folder: Path) -> dict[str, int]:
+    """A CLIP byte-level BPE tokenizer with a small vocabulary: every byte alone and word-final, the
+    merges that spell `_WORDS` left to right, and CLIP's two special tokens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab_list = symbols + [s + "</w>" for s in symbols]
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            pair = (parts[0], parts[1])
+            if pair not in merges:
+                merges.append(pair)
+                vocab_list.append(pair[0] + pair[1])
+            parts = [pair[0] + pair[1]] + parts[2:]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list))}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # As in the Stable Diffusion repositories: vocab.json + merges.txt and a small config.
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": _MAX_TOKENS, "do_lower_case": True,
+              "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+              "unk_token": "<|endoftext|>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return vocab

@@ -1,0 +1,196 @@
+"""`HeadPrior`: the shape prior every stage trains on, and how it is loaded and cached.
+
+Loading validates and normalises the mesh, then takes the signed-distance grid and the landmark
+embedding from the cache (`paths.cache_dir()/priors/<content hash>/`) or computes and stores them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ..errors import InputError
+from .density import DEFAULT_SHARPNESS, density_prior
+from .frame import PriorTransform
+from .landmarks import LandmarkEmbedding, embedding_from_vertex_indices, read_landmark_file
+from .meshio import MeshArrays, clean_mesh, load_mesh_file
+from .sdf import GRID_BOUND, GRID_RESOLUTION, SDFGrid, compute_sdf_grid
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..cameras import Cameras
+
+# Bump when anything cached per prior changes meaning (grid layout, detection method).
+CACHE_VERSION = "1"
+FLAME_VERTEX_COUNTS = (5023,)
+FLAME_FACE_COUNTS = (9976, 10034)  # open mouth; closed mouth
+# A landmark counts as hidden when the visible surface at its pixel is nearer by more than this.
+VISIBILITY_TOLERANCE = 0.02  # normalised units (about 5 mm on an adult head)
+
+
+@dataclass
+class HeadPrior:
+    vertices: np.ndarray  # (N, 3) float32, normalised frame
+    faces: np.ndarray  # (M, 3) int32
+    transform: PriorTransform
+    content_hash: str
+    is_flame: bool
+    landmarks: LandmarkEmbedding | None
+    sdf_grid: SDFGrid = field(repr=False)
+
+    # --- geometry -------------------------------------------------------------------------------
+
+    def signed_distance(self, points: "torch.Tensor") -> "torch.Tensor":
+        """Signed distance (..., 3) -> (...) in the normalised frame, negative inside (grid lookup)."""
+        return self.sdf_grid(points)
+
+    def density(self, points: "torch.Tensor", a: float = DEFAULT_SHARPNESS) -> "torch.Tensor":
+        """sigma_bar of Eq. 3 at `points` (..., 3); finite and >= 0."""
+        return density_prior(self.signed_distance(points), a)
+
+    def canonical_vertices(self) -> np.ndarray:
+        return self.transform.to_canonical(self.vertices.astype(np.float64))
+
+    # --- landmarks ------------------------------------------------------------------------------
+
+    def landmark_points(self) -> np.ndarray:
+        """(478, 3) landmarks in the normalised frame, NaN rows where missing (or all NaN without an embedding)."""
+        if self.landmarks is None:
+            return np.full((478, 3), np.nan)
+        return self.landmarks.points(self.vertices, self.faces)
+
+    def landmark_visibility(self, cameras: "Cameras") -> "torch.Tensor":
+        """(B, 478) bool: found and not behind the head, by comparison with the rasterised depth."""
+        from .landmark_render import landmark_visibility
+
+        return landmark_visibility(self, cameras)
+
+    def landmark_maps(self, cameras: "Cameras", policy: str = "none") -> "torch.Tensor":
+        """(B, 3, H, W) landmark maps in [0, 1] at the cameras' size; see `landmark_render`."""
+        from .landmark_render import render_landmark_maps
+
+        return render_landmark_maps(self, cameras, policy)
+
+    # --- persistence ----------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> None:
+        """Write everything needed to rebuild this prior without recomputation."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez(directory / "mesh.npz", vertices=self.vertices, faces=self.faces)
+        np.save(directory / "sdf_grid.npy", self.sdf_grid.values)
+        if self.landmarks is not None:
+            self.landmarks.save(directory / "landmarks.npz")
+        info = {"content_hash": self.content_hash, "is_flame": self.is_flame, "transform": self.transform.as_dict(),
+                "sdf_bound": self.sdf_grid.bound, "cache_version": CACHE_VERSION}
+        (directory / "prior.json").write_text(json.dumps(info, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "HeadPrior":
+        directory = Path(directory)
+        try:
+            info = json.loads((directory / "prior.json").read_text())
+            with np.load(directory / "mesh.npz", allow_pickle=False) as mesh:
+                vertices, faces = mesh["vertices"].astype(np.float32), mesh["faces"].astype(np.int32)
+            grid = np.load(directory / "sdf_grid.npy", allow_pickle=False)
+        except (OSError, ValueError, KeyError) as error:
+            raise InputError(f"The saved head prior in {directory} is incomplete or damaged ({error}); "
+                             "load the prior mesh again.") from error
+        marks = directory / "landmarks.npz"
+        return cls(vertices=vertices, faces=faces, transform=PriorTransform.from_dict(info["transform"]),
+                   content_hash=info["content_hash"], is_flame=bool(info["is_flame"]),
+                   landmarks=LandmarkEmbedding.load(marks) if marks.exists() else None,
+                   sdf_grid=SDFGrid(grid, info.get("sdf_bound", GRID_BOUND)))
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def is_flame_topology(num_vertices: int, num_faces: int) -> bool:
+    return num_vertices in FLAME_VERTEX_COUNTS and num_faces in FLAME_FACE_COUNTS
+
+
+def content_hash(mesh: MeshArrays) -> str:
+    digest = hashlib.sha256(f"headsculpt-prior-v{CACHE_VERSION}".encode())
+    digest.update(np.ascontiguousarray(mesh.vertices, dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(mesh.faces, dtype=np.int32).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def prior_cache_dir(hash_: str) -> Path:
+    from ..paths import cache_dir
+
+    return cache_dir() / "priors" / hash_
+
+
+def _atomic_save(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temporary file in the same folder, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _cached_sdf(cache: Path, vertices: np.ndarray, faces: np.ndarray, resolution: int,
+                say: Callable[[str], None]) -> np.ndarray:
+    path = cache / f"sdf_grid_{resolution}.npy"
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    say(f"computing the signed-distance grid ({resolution}^3, winding-number sign)")
+    grid = compute_sdf_grid(vertices, faces, resolution)
+    _atomic_save(path, lambda p: np.save(p, grid))
+    return grid
+
+
+def _cached_detection(cache: Path, vertices: np.ndarray, faces: np.ndarray,
+                      say: Callable[[str], None]) -> LandmarkEmbedding:
+    from .detect import detect_landmarks
+
+    path = cache / "landmarks_detected.npz"
+    if path.exists():
+        return LandmarkEmbedding.load(path)
+    embedding = detect_landmarks(vertices, faces, progress=say)
+    _atomic_save(path, embedding.save)
+    return embedding
+
+
+def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | None" = None,
+               detect_landmarks: bool = True, progress: Callable[[str], None] | None = None,
+               sdf_resolution: int = GRID_RESOLUTION) -> HeadPrior:
+    """Load a head mesh (a path to OBJ/PLY/GLB, or `MeshArrays` in the canonical frame) as a prior.
+
+    Landmarks: from `landmark_file` (a .npy of vertex indices) when given, else detected on renders
+    when `detect_landmarks`, else none. `sdf_resolution`: grid samples per axis (coarser is quicker
+    to build, for tests and previews). Raises InputError for meshes that cannot serve as a prior.
+    """
+    say = progress or (lambda message: None)
+    raw = source if isinstance(source, MeshArrays) else load_mesh_file(source)
+    mesh = clean_mesh(raw)
+    transform = PriorTransform.fit(mesh.vertices)
+    vertices = transform.to_normalised(mesh.vertices.astype(np.float64)).astype(np.float32)
+    hash_ = content_hash(mesh)
+    cache = prior_cache_dir(hash_)
+    cache.mkdir(parents=True, exist_ok=True)
+    grid = _cached_sdf(cache, vertices, mesh.faces, sdf_resolution, say)
+    if landmark_file is not None:
+        # Indices refer to the mesh as given; cleaning keeps vertices, so they still apply.
+        landmarks = embedding_from_vertex_indices(read_landmark_file(landmark_file), mesh.faces, len(vertices))
+    elif detect_landmarks:
+        landmarks = _cached_detection(cache, vertices, mesh.faces, say)
+    else:
+        landmarks = None
+    return HeadPrior(vertices=vertices, faces=mesh.faces, transform=transform, content_hash=hash_,
+                     is_flame=is_flame_topology(len(vertices), len(raw.faces)), landmarks=landmarks,
+                     sdf_grid=SDFGrid(grid))

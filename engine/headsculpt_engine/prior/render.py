@@ -1,0 +1,58 @@
+"""Grey shaded renders of the prior (for MediaPipe and for previews) with the engine's rasteriser."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..cameras import Cameras
+    from ..mesh.raster import RasterOutput
+
+
+def vertex_normals(vertices: "torch.Tensor", faces: "torch.Tensor") -> "torch.Tensor":
+    """Area-weighted unit vertex normals (V, 3)."""
+    import torch
+
+    tri = vertices[faces.long()]
+    face_n = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
+    normals = torch.zeros_like(vertices).index_add_(0, faces.long().reshape(-1), face_n.repeat_interleave(3, dim=0))
+    return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
+
+
+def rasterize_prior(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras") -> "RasterOutput":
+    import torch
+
+    from ..mesh.raster import make_rasterizer
+
+    rasterizer = make_rasterizer(cameras.device)
+    v = torch.as_tensor(vertices, dtype=torch.float32, device=cameras.device)
+    f = torch.as_tensor(faces, dtype=torch.int32, device=cameras.device)
+    return rasterizer.rasterize(v, f, cameras)
+
+
+def shade(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras",
+          raster: "RasterOutput | None" = None) -> tuple[np.ndarray, "RasterOutput"]:
+    """(B, H, W, 3) uint8 grey renders lit by a light at the camera (ambient + two-sided Lambert),
+    on a mid-grey background that face detectors handle well; also returns the raster."""
+    import torch
+
+    from ..mesh.raster import make_rasterizer
+
+    if raster is None:
+        raster = rasterize_prior(vertices, faces, cameras)
+    v = torch.as_tensor(vertices, dtype=torch.float32, device=cameras.device)
+    f = torch.as_tensor(faces, dtype=torch.int32, device=cameras.device)
+    normals = make_rasterizer(cameras.device).interpolate(vertex_normals(v, f), raster, f)
+    normals = torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
+    _, dirs = cameras.rays()
+    # Light slightly above the camera, so that brows, nose and lips cast their usual shading.
+    up = cameras.c2w[:, None, None, :3, 1]
+    light = torch.nn.functional.normalize(-dirs + 0.35 * up, dim=-1)
+    lambert = (normals * light).sum(-1).abs()
+    grey = 0.18 + 0.75 * lambert
+    grey = torch.where(raster.mask, grey, torch.full_like(grey, 0.35))
+    image = (grey.clamp(0, 1) * 255).round().to(torch.uint8)
+    return image.unsqueeze(-1).expand(-1, -1, -1, 3).cpu().numpy(), raster

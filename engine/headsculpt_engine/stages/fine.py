@@ -1,0 +1,263 @@
+"""Fine stage (HeadSculpt Sec. 3.1 (2)): DMTet refinement of the coarse head with a textured mesh.
+
+Per-vertex SDF values s_i and bounded offsets dv_i on a tetrahedral grid are optimised directly
+(Adam, lr 1e-2, appendix A.1); marching tetrahedra extracts a mesh each step, the rasteriser renders
+it at 512x512 with the colour field of the coarse stage (Magic3D), and the guidance (t in [0.02, 0.5])
+plus a uniform Laplacian regulariser drive both. The SDF starts from the coarse density (surface at
+`FineConfig.density_threshold`) or, without a coarse run, from the prior's signed distance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from ..errors import InputError
+from .loop import RunCallbacks, StageSchedule, run_stage
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..guidance.base import Guidance
+    from ..mesh.tets import TetGrid
+
+STAGE_NAME = "fine"
+_EVAL_CHUNK = 1 << 16
+
+
+@dataclass
+class FineResult:
+    """The refined mesh in the engine's normalised frame and the colour field that textures it."""
+
+    vertices: torch.Tensor  # (V, 3) float32, cpu
+    faces: torch.Tensor  # (F, 3) int64, cpu, counter-clockwise from outside
+    colour: Any  # a module with `albedo(points (N, 3)) -> (N, 3)` in [0, 1]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        """Colour at points (N, 3) of the normalised frame, evaluated in chunks without gradients."""
+        device = next(self.colour.parameters()).device
+        with torch.no_grad():
+            parts = [self.colour.albedo(points[i:i + _EVAL_CHUNK].to(device)).float().cpu()
+                     for i in range(0, points.shape[0], _EVAL_CHUNK)]
+        return torch.cat(parts) if parts else points.new_zeros((0, 3))
+
+
+def laplacian_loss(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Mean squared uniform Laplacian: |v_i - mean of its edge neighbours|^2 over the vertices."""
+    faces = faces.long()
+    src = torch.cat([faces[:, 0], faces[:, 1], faces[:, 2], faces[:, 1], faces[:, 2], faces[:, 0]])
+    dst = torch.cat([faces[:, 1], faces[:, 2], faces[:, 0], faces[:, 0], faces[:, 1], faces[:, 2]])
+    # Each undirected edge appears in two faces of a closed mesh: count it once.
+    n = vertices.shape[0]
+    keys = torch.unique(src * n + dst)
+    src, dst = keys // n, keys % n
+    total = torch.zeros_like(vertices).index_add(0, src, vertices[dst])
+    degree = torch.bincount(src, minlength=n).clamp_min(1).unsqueeze(-1)
+    lap = vertices - total / degree
+    return lap.pow(2).sum(-1).mean()
+
+
+class DMTetGeometry(torch.nn.Module):
+    """SDF values and offsets on a tet grid; `extract()` gives the current triangle mesh."""
+
+    def __init__(self, grid: "TetGrid", sdf: torch.Tensor, max_offset_cells: float):
+        super().__init__()
+        self.register_buffer("base", grid.vertices.float().clone())
+        self.register_buffer("tets", grid.tets.long().clone())
+        self.offset_scale = float(max_offset_cells) * grid.cell_size
+        self.sdf = torch.nn.Parameter(sdf.float().clone())
+        self.deform = torch.nn.Parameter(torch.zeros_like(self.base))
+
+    def positions(self) -> torch.Tensor:
+        """Grid vertices moved by dv = max_offset * cell * tanh(deform)."""
+        return self.base + self.offset_scale * torch.tanh(self.deform)
+
+    def extract(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..mesh.marching import marching_tets
+
+        return marching_tets(self.positions(), self.sdf, self.tets)
+
+    def resize_like(self, state: dict[str, torch.Tensor]) -> None:
+        """Match tensor shapes to a saved state (its band may differ from this run's initial one)."""
+        self.base = state["base"].clone()
+        self.tets = state["tets"].clone()
+        self.sdf = torch.nn.Parameter(state["sdf"].clone())
+        self.deform = torch.nn.Parameter(state["deform"].clone())
+
+
+class FineStage:
+    """One DMTet optimisation step per iteration; see the module docstring."""
+
+    name = STAGE_NAME
+
+    def __init__(self, cfg: "RunConfig", prior, guidance: "Guidance | None", colour, geometry: DMTetGeometry,
+                 device):
+        from ..mesh.raster import make_rasterizer
+
+        self.cfg = cfg
+        self.prior = prior
+        self.guidance = guidance
+        self.colour = colour
+        self.geometry = geometry
+        self.device = torch.device(device)
+        self.total_iterations = cfg.fine.iterations
+        self.rasterizer = make_rasterizer(self.device, cfg.fine.rasterizer)
+        self.generator = torch.Generator().manual_seed(int(cfg.seed) * 7919 + 17)
+        self._make_optimisers()
+
+    def _make_optimisers(self) -> None:
+        betas = tuple(self.cfg.coarse.betas)
+        self.geometry_opt = torch.optim.Adam([self.geometry.sdf, self.geometry.deform], lr=self.cfg.fine.lr,
+                                             betas=betas)
+        self.colour_opt = torch.optim.Adam(self.colour.parameters(), lr=self.cfg.fine.color_lr, betas=betas)
+
+    # --- rendering -----------------------------------------------------------------------------
+
+    def _shading(self) -> str:
+        c = self.cfg.coarse
+        u = float(torch.rand(1, generator=self.generator))
+        if u < c.albedo_ratio:
+            return "albedo"
+        return "textureless" if u < c.albedo_ratio + c.textureless_ratio else "lambertian"
+
+    def _light_dirs(self, cameras) -> torch.Tensor:
+        """Random lights in the hemisphere around each camera's direction (as in the coarse stage)."""
+        cam_dir = torch.nn.functional.normalize(cameras.positions().cpu(), dim=-1)
+        jitter = torch.randn(cam_dir.shape, generator=self.generator) * 0.5
+        return torch.nn.functional.normalize(cam_dir + jitter, dim=-1).to(self.device)
+
+    def render(self, cameras, shading: str = "albedo", light_dirs=None):
+        from ..mesh.render import render_mesh
+
+        vertices, faces = self.geometry.extract()
+        if faces.shape[0] == 0:
+            raise InputError("The fine stage's surface vanished (the SDF has one sign everywhere); "
+                             "start again from the coarse run or lower fine.lr.")
+        images, _ = render_mesh(self.rasterizer, vertices, faces, cameras, self.colour.albedo, shading,
+                                light_dirs, ambient=self.cfg.coarse.ambient)
+        return images, vertices, faces
+
+    # --- TrainableStage ----------------------------------------------------------------------
+
+    def step(self, iteration: int) -> float:
+        from ..cameras import sample_cameras
+        from ..guidance.base import GuidanceInputs
+
+        if self.guidance is None:
+            raise InputError("The fine stage has iterations left but no guidance was given; "
+                             "run it with the diffusion models loaded.")
+        cfg = self.cfg
+        res = cfg.fine.resolution
+        cameras = sample_cameras(cfg.camera, cfg.fine.batch, res, res, generator=self.generator).to(self.device)
+        shading = self._shading()
+        light = self._light_dirs(cameras) if shading != "albedo" else None
+        images, vertices, faces = self.render(cameras, shading, light)
+        landmark_maps = self.prior.landmark_maps(cameras, policy=cfg.guidance.back_view_policy)
+        out = self.guidance(GuidanceInputs(images=images, cameras=cameras, landmark_maps=landmark_maps,
+                                           t_range=tuple(cfg.fine.t_range)))
+        loss = out.loss
+        if cfg.fine.lambda_laplacian > 0:
+            loss = loss + cfg.fine.lambda_laplacian * laplacian_loss(vertices, faces)
+        self.geometry_opt.zero_grad(set_to_none=True)
+        self.colour_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.geometry_opt.step()
+        self.colour_opt.step()
+        return float(loss.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"geometry": self.geometry.state_dict(), "colour": self.colour.state_dict(),
+                 "geometry_opt": self.geometry_opt.state_dict(), "colour_opt": self.colour_opt.state_dict(),
+                 "generator": self.generator.get_state()}
+        guidance_gen = getattr(self.guidance, "generator", None)
+        if guidance_gen is not None:
+            state["guidance_generator"] = guidance_gen.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        geometry = {k: v.to(self.device) for k, v in state["geometry"].items()}
+        if any(geometry[k].shape != v.shape for k, v in self.geometry.state_dict().items()):
+            self.geometry.resize_like(geometry)
+            self._make_optimisers()
+        self.geometry.load_state_dict(geometry)
+        self.colour.load_state_dict(state["colour"])
+        self.geometry_opt.load_state_dict(state["geometry_opt"])
+        self.colour_opt.load_state_dict(state["colour_opt"])
+        self.generator.set_state(state["generator"])
+        guidance_gen = getattr(self.guidance, "generator", None)
+        if guidance_gen is not None and "guidance_generator" in state:
+            guidance_gen.set_state(state["guidance_generator"])
+
+    def save_preview(self, iteration: int, directory: Path) -> Path:
+        from ..cameras import preview_cameras
+        from ..mesh.render import to_uint8_grid
+
+        directory.mkdir(parents=True, exist_ok=True)
+        size = min(self.cfg.fine.resolution, 256)
+        with torch.no_grad():
+            images, _, _ = self.render(preview_cameras(size, size, device=self.device), "lambertian")
+        path = directory / f"fine_{iteration:06d}.png"
+        to_uint8_grid(images).save(path)
+        return path
+
+    def mesh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            vertices, faces = self.geometry.extract()
+        return vertices.detach().float().cpu(), faces.cpu()
+
+
+def density_to_sdf(density_fn: Callable[[torch.Tensor], torch.Tensor], threshold: float,
+                   limit: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A signed-distance estimate from a density field: (threshold - density) / |grad density|,
+    negative inside the level set, clamped to +-limit where the density is flat."""
+    def sdf(points: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = points.detach().requires_grad_(True)
+            density = density_fn(x).reshape(-1)
+            (grad,) = torch.autograd.grad(density.sum(), x)
+        dist = (threshold - density.detach()) / grad.norm(dim=-1).clamp_min(1e-6)
+        return dist.clamp(-limit, limit)
+
+    return sdf
+
+
+def _initial_fields(cfg: "RunConfig", prior, coarse_dir: Path | None, device, colour):
+    """The colour module and the SDF used to initialise the grid, from a coarse run or the prior."""
+    if coarse_dir is not None:
+        from .coarse import load_coarse
+
+        field_ = load_coarse(Path(coarse_dir), cfg, prior, device).field
+        sdf_fn = density_to_sdf(field_.density, cfg.fine.density_threshold)
+        return (colour if colour is not None else field_), sdf_fn
+    if colour is None:
+        from ..nerf.field import HeadField
+
+        colour = HeadField(cfg.coarse, prior).to(device)
+    return colour, prior.signed_distance
+
+
+def run_fine(cfg: "RunConfig", prior, guidance: "Guidance | None", out_dir: Path,
+             callbacks: RunCallbacks | None = None, device="cpu", coarse_dir: Path | None = None,
+             colour=None) -> FineResult:
+    """Train (or resume, or load when finished) the fine stage in `out_dir`.
+
+    `colour` replaces the colour field (by default the coarse run's `HeadField`, or a fresh one).
+    A finished checkpoint is loaded without training, so `guidance` may then be None.
+    """
+    from ..mesh.tets import band_grid
+
+    device = torch.device(device)
+    colour, sdf_fn = _initial_fields(cfg, prior, coarse_dir, device, colour)
+    grid, sdf = band_grid(cfg.fine.tet_resolution, sdf_fn, bound=cfg.coarse.bound, band_cells=cfg.fine.band_cells,
+                          device=device)
+    if not bool((sdf < 0).any()) or not bool((sdf > 0).any()):
+        raise InputError("The initial shape has no surface inside the fine stage's grid; check the prior "
+                         "(it must be a closed head inside the unit sphere once normalised) or the coarse run.")
+    geometry = DMTetGeometry(grid, sdf, cfg.fine.max_offset_cells).to(device)
+    stage = FineStage(cfg, prior, guidance, colour, geometry, device)
+    timings = run_stage(stage, Path(out_dir), callbacks,
+                        StageSchedule(cfg.fine.checkpoint_every, cfg.fine.preview_every), device)
+    vertices, faces = stage.mesh()
+    return FineResult(vertices=vertices, faces=faces, colour=colour, timings=timings)

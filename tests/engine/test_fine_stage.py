@@ -1,0 +1,124 @@
+"""The fine stage converges under the oracle guidance, keeps the stage-loop contract (checkpoint,
+exact resume, previews, load when finished), and its Laplacian regulariser is right."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from mesh_test_support import SpherePrior, TinyColour, target_renderer
+
+from headsculpt_engine.cameras import orbit_cameras
+from headsculpt_engine.config import preset_config
+from headsculpt_engine.errors import Cancelled, InputError
+from headsculpt_engine.guidance.oracle import oracle_guidance
+from headsculpt_engine.stages.fine import laplacian_loss, run_fine
+from headsculpt_engine.stages.loop import RunCallbacks
+
+
+def small_config(iterations: int):
+    cfg = preset_config("tiny")
+    cfg.fine.iterations = iterations
+    cfg.fine.resolution = 32
+    cfg.fine.tet_resolution = 24
+    cfg.fine.batch = 2
+    cfg.fine.color_lr = 1e-2  # a larger step than the paper's so the tiny test converges in few iterations
+    cfg.fine.lambda_laplacian = 0.1
+    cfg.fine.rasterizer = "torch"
+    cfg.fine.checkpoint_every = cfg.fine.preview_every = 10
+    cfg.coarse.albedo_ratio, cfg.coarse.textureless_ratio = 1.0, 0.0  # the oracle's targets are albedo renders
+    return cfg
+
+
+def eval_error(result, target_fn) -> float:
+    from headsculpt_engine.mesh.raster import make_rasterizer
+    from headsculpt_engine.mesh.render import render_mesh
+
+    cams = orbit_cameras([0.0, 70.0, 160.0, 250.0], polar_deg=80.0, radius=1.3, fov_y_deg=40.0, width=48, height=48)
+    with torch.no_grad():
+        images, _ = render_mesh(make_rasterizer("cpu", "torch"), result.vertices, result.faces, cams,
+                                result.colour.albedo, "albedo")
+    return float((images - target_fn(cams)).pow(2).mean())
+
+
+@pytest.mark.slow
+def test_oracle_guidance_pulls_the_fine_stage_to_its_target(tmp_path):
+    torch.manual_seed(0)
+    target = target_renderer(radius=0.5)
+    prior = SpherePrior(radius=0.42)
+    start = run_fine(small_config(0), prior, None, tmp_path / "start", colour=TinyColour())
+    before = eval_error(start, target)
+
+    cfg = small_config(40)
+    guidance = oracle_guidance(target, generator=torch.Generator().manual_seed(1))
+    result = run_fine(cfg, prior, guidance, tmp_path / "fine", colour=TinyColour())
+    after = eval_error(result, target)
+    assert after < 0.25 * before, (before, after)
+    # The geometry moved towards the target's radius (0.42 -> 0.5), not only the colours.
+    radius = float(result.vertices.norm(dim=-1).mean())
+    assert radius > 0.46, radius
+    assert prior.landmark_calls == 40
+    assert (tmp_path / "fine" / "checkpoint.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "fine" / "previews").iterdir()) == [
+        "fine_000010.png", "fine_000020.png", "fine_000030.png", "fine_000040.png"]
+
+
+def test_cancel_and_resume_is_exact_and_finished_run_loads_without_guidance(tmp_path):
+    target = target_renderer(radius=0.5)
+    prior = SpherePrior(radius=0.42)
+    cfg = small_config(6)
+    cfg.fine.checkpoint_every = 3
+
+    straight = run_fine(cfg, prior, oracle_guidance(target, generator=torch.Generator().manual_seed(3)),
+                        tmp_path / "a", colour=TinyColour())
+
+    calls = {"n": 0}
+
+    def cancel_after_four() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    with pytest.raises(Cancelled):
+        run_fine(cfg, prior, oracle_guidance(target, generator=torch.Generator().manual_seed(3)), tmp_path / "b",
+                 RunCallbacks(should_cancel=cancel_after_four), colour=TinyColour())
+    resumed = run_fine(cfg, prior, oracle_guidance(target, generator=torch.Generator().manual_seed(99)),
+                       tmp_path / "b", colour=TinyColour())
+    assert torch.equal(straight.faces, resumed.faces)
+    assert torch.allclose(straight.vertices, resumed.vertices, atol=1e-6)
+
+    # Finished: loading needs no guidance, and gives the same mesh.
+    loaded = run_fine(cfg, prior, None, tmp_path / "a", colour=TinyColour())
+    assert torch.equal(loaded.vertices, straight.vertices)
+    pts = torch.rand(10, 3) - 0.5
+    assert torch.allclose(loaded.albedo(pts), straight.albedo(pts))
+    # Unfinished and no guidance: a plain error, not a crash.
+    more = small_config(8)
+    more.fine.checkpoint_every = 3
+    with pytest.raises(InputError):
+        run_fine(more, prior, None, tmp_path / "a", colour=TinyColour())
+
+
+def test_empty_initial_surface_is_a_user_error(tmp_path):
+    with pytest.raises(InputError):
+        run_fine(small_config(1), SpherePrior(radius=3.0), None, tmp_path, colour=TinyColour())
+
+
+def test_uniform_laplacian_loss():
+    # A flat regular grid: interior vertices have zero Laplacian; lifting one vertex by h gives it
+    # |L|^2 = h^2 and each of its 6 neighbours |L|^2 = (h / deg)^2.
+    n = 5
+    xs, ys = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij")
+    verts = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.zeros(n * n)], dim=-1)
+    faces = []
+    for i in range(n - 1):
+        for j in range(n - 1):
+            a, b, c, d = i * n + j, (i + 1) * n + j, (i + 1) * n + j + 1, i * n + j + 1
+            faces += [[a, b, c], [a, c, d]]
+    faces = torch.tensor(faces)
+    flat = laplacian_loss(verts, faces)
+    centre = 2 * n + 2
+    lifted = verts.clone()
+    lifted[centre, 2] = 1.0
+    bumped = laplacian_loss(lifted, faces)
+    # Interior vertices of this triangulation have 6 neighbours; the centre's neighbours are interior.
+    assert math.isclose(float(bumped - flat) * n * n, 1.0 + 6 * (1.0 / 6.0) ** 2, rel_tol=1e-5)

@@ -1,0 +1,181 @@
+"""SDS, SSD and IESD with the tiny UNet + ControlNets, against independent computations (HeadSculpt
+Eq. 1, 5, 7; HeadArtist Eq. 6)."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from headsculpt_engine.cameras import orbit_cameras
+from headsculpt_engine.config import preset_config
+from headsculpt_engine.guidance.base import GuidanceInputs, sds_weight
+from headsculpt_engine.guidance.factory import SsdPhases, build_edit_guidance, build_guidance
+from headsculpt_engine.models.loading import load_diffusion_models
+
+RES = 32  # guidance resolution: 16x16 latents with the tiny VAE
+SEED = 11
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_diffusion_models(preset_config("tiny").models, "cpu", with_ip2p=True)
+
+
+@pytest.fixture()
+def cfg():
+    cfg = preset_config("tiny")
+    cfg.guidance.resolution = RES
+    cfg.guidance.guidance_scale = 7.5
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def batch():
+    gen = torch.Generator().manual_seed(0)
+    cams = orbit_cameras([0.0, 90.0, 180.0, 270.0], width=48, height=48)  # front, side, back, side
+    images = torch.rand(4, 3, 48, 48, generator=gen)
+    maps = torch.zeros(4, 3, RES, RES)
+    # Drawings on the front, a side and (an oval, say) the back; the last side view's map is empty.
+    maps[0, 1, 8:24, 10:22] = 0.8
+    maps[1, 1, 10:20, 4:12] = 0.8
+    maps[2, 1, 6:26, 6:26] = 0.8
+    reference = torch.rand(4, 3, RES, RES, generator=gen)
+    return cams, images, maps, reference
+
+
+def embed(models, prompts):
+    tokens = models.tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return models.text_encoder(tokens)[0]
+
+
+def eps_direct(models, noisy, t, text, controlnet=None, control=None):
+    """One UNet call per sample and prompt, the ControlNet's residuals added by hand."""
+    with torch.no_grad():
+        kwargs = {}
+        if controlnet is not None:
+            down, mid = controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=control, return_dict=False)
+            kwargs = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        return models.unet(noisy, t, encoder_hidden_states=text, **kwargs).sample
+
+
+def latents_and_draws(models, images, seed, t_range=(0.02, 0.98)):
+    """Latents, timesteps and noise as the guidance draws them from a generator with `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x = F.interpolate(images, size=(RES, RES), mode="bilinear", align_corners=False, antialias=True) * 2 - 1
+        z = models.vae.encode(x).latent_dist.mean * models.vae.config.scaling_factor
+    t = torch.randint(round(t_range[0] * 1000), round(t_range[1] * 1000), (len(images),), generator=gen)
+    eps = torch.randn(z.shape, generator=gen)
+    abar = models.alphas_cumprod[t].view(-1, 1, 1, 1)
+    return z, t, eps, abar.sqrt() * z + (1 - abar).sqrt() * eps
+
+
+def identity_eps(models, noisy, t, maps, prompt, views, scale, policy="none"):
+    """CFG eps of the landmark side, sample by sample; back views without ControlNet under "none"."""
+    out = []
+    for i, view in enumerate(views):
+        use_cn = policy == "oval" or (view != "back" and maps[i].amax() > 0)
+        cn = models.face_controlnet if use_cn else None
+        args = (noisy[i:i + 1], t[i:i + 1])
+        u = eps_direct(models, *args, embed(models, [""]), cn, maps[i:i + 1])
+        c = eps_direct(models, *args, embed(models, [f"{prompt}, {view} view"]), cn, maps[i:i + 1])
+        out.append(u + scale * (c - u))
+    return torch.cat(out)
+
+
+def run(guidance, images, cams, maps=None, reference=None):
+    image = images.clone().requires_grad_(True)
+    out = guidance(GuidanceInputs(images=image, cameras=cams, landmark_maps=maps, reference_images=reference))
+    out.loss.backward()
+    return out, image
+
+
+@pytest.mark.parametrize("policy", ["none", "oval"])
+def test_sds_gradient_matches_independent_formula(models, cfg, batch, policy):
+    cams, images, maps, _ = batch
+    cfg.guidance.back_view_policy = policy
+    guidance = build_guidance(cfg, models, "a man", generator=torch.Generator().manual_seed(SEED))
+    out, image = run(guidance, images, cams, maps)
+
+    z, t, eps, noisy = latents_and_draws(models, images, SEED)
+    eps_hat = identity_eps(models, noisy, t, maps, "a man", cams.view_names(), 7.5, policy)
+    expected = sds_weight(models.alphas_cumprod, t) * (eps_hat - eps)
+    assert torch.equal(out.timesteps, t)
+    assert torch.allclose(out.grad, expected, rtol=1e-4, atol=1e-5)
+    assert expected.abs().mean() > 1e-3
+    # The loss carries grad / batch to the latents, and from there into the images through the VAE.
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+def test_controlnet_changes_the_prediction_and_back_views_skip_it(models, cfg, batch):
+    """Not vacuous: the ControlNet residuals matter for front views, and under "none" the back view is
+    exactly the plain UNet, while under "oval" it is not."""
+    cams, images, maps, _ = batch
+    _, t, _, noisy = latents_and_draws(models, images, SEED)
+    text = embed(models, ["a man, front view"])
+    with_cn = eps_direct(models, noisy[:1], t[:1], text, models.face_controlnet, maps[:1])
+    plain = eps_direct(models, noisy[:1], t[:1], text)
+    assert (with_cn - plain).abs().max() > 1e-3
+    none = identity_eps(models, noisy, t, maps, "a man", cams.view_names(), 7.5, "none")
+    oval = identity_eps(models, noisy, t, maps, "a man", cams.view_names(), 7.5, "oval")
+    assert (none[2] - oval[2]).abs().max() > 1e-4
+
+
+def test_iesd_endpoints(models, cfg, batch):
+    cams, images, maps, reference = batch
+    z, t, eps, noisy = latents_and_draws(models, images, SEED)
+    w = sds_weight(models.alphas_cumprod, t)
+
+    identity = build_guidance(cfg, models, "a man", generator=torch.Generator().manual_seed(SEED))
+    id_out, _ = run(identity, images, cams, maps)
+    edit0 = build_edit_guidance(cfg, models, "a man", "make him old", edit_scale=0.0,
+                                generator=torch.Generator().manual_seed(SEED))
+    out0, _ = run(edit0, images, cams, maps, reference)
+    assert torch.allclose(out0.grad, id_out.grad, rtol=1e-4, atol=1e-5)
+
+    edit1 = build_edit_guidance(cfg, models, "a man", "make him old", edit_scale=1.0,
+                                generator=torch.Generator().manual_seed(SEED))
+    out1, _ = run(edit1, images, cams, maps, reference)
+    s = cfg.guidance.edit_guidance_scale
+    u = eps_direct(models, noisy, t, embed(models, [""] * 4), models.ip2p_controlnet, reference)
+    c = eps_direct(models, noisy, t, embed(models, ["make him old"] * 4), models.ip2p_controlnet, reference)
+    assert torch.allclose(out1.grad, w * (u + s * (c - u) - eps), rtol=1e-4, atol=1e-5)
+
+    half = build_edit_guidance(cfg, models, "a man", "make him old", edit_scale=0.6,
+                               generator=torch.Generator().manual_seed(SEED))
+    out_half, _ = run(half, images, cams, maps, reference)
+    assert torch.allclose(out_half.grad, 0.6 * out1.grad + 0.4 * out0.grad, rtol=1e-4, atol=1e-5)
+    assert (out1.grad - out0.grad).abs().max() > 1e-4
+
+
+def test_ssd_gradient(models, cfg, batch):
+    cams, images, maps, _ = batch
+    cfg.guidance.kind = "ssd"
+    cfg.guidance.ssd_negative_prompt = ""
+    z, t, eps, noisy = latents_and_draws(models, images, SEED, (0.02, 0.5))
+
+    ssd = build_guidance(cfg, models, "a man", generator=torch.Generator().manual_seed(SEED))
+    assert isinstance(ssd, SsdPhases) and ssd.t_range() == (0.02, 0.5)
+    out, _ = run(ssd, images, cams, maps)
+    cond1 = identity_eps(models, noisy, t, maps, "a man", cams.view_names(), 1.0)
+    guided = identity_eps(models, noisy, t, maps, "a man", cams.view_names(), 100.0)
+    expected = sds_weight(models.alphas_cumprod, t) * (guided - cond1)  # no random eps
+    assert torch.allclose(out.grad, expected, rtol=1e-4, atol=1e-4)
+    assert expected.abs().mean() > 1e-3
+
+    cfg.guidance.ssd_geometry_scale = 1.0  # eps_cfg and eps_cfg1 coincide
+    flat = build_guidance(cfg, models, "a man", generator=torch.Generator().manual_seed(SEED))
+    out_flat, _ = run(flat, images, cams, maps)
+    assert torch.count_nonzero(out_flat.grad) == 0
+
+
+def test_ssd_texture_phase_anneals_t_max(models, cfg):
+    cfg.guidance.kind = "ssd"
+    ssd = build_guidance(cfg, models, "a man")
+    ssd.set_phase("texture", 0.0)
+    assert ssd.t_range() == (0.02, 0.98)
+    ssd.set_phase("texture", 1.0)
+    assert ssd.t_range() == pytest.approx((0.02, 0.7))
+    assert ssd.texture.guidance_scale == 7.5 and ssd.geometry.guidance_scale == 100.0
+    assert ssd.texture.predictor.negative_prompt == "worst quality, low quality, semi-realistic"
