@@ -260,3 +260,26 @@ def test_cancel(bpy, scene, flame_template):
         assert bpy.ops.headsculpt.cancel() == {"FINISHED"}  # even while a refresh is under way
         poll_until(scene, lambda: st.job_state == "cancelled")
         assert engine.jobs[st.job_id]["state"] == "cancelled"
+
+
+def test_add_base_head_stands_up_as_the_prior(bpy, scene):
+    from headsculpt_blender.operators import BASE_HEAD_NAME, base_head_path
+    from headsculpt_blender.prior import object_badge
+
+    path = base_head_path()
+    if path is None:
+        pytest.skip("flame_assets/base_head.obj has not been generated in this checkout (area `prior`)")
+    scene.cursor.location = (1.0, 2.0, 0.0)
+    assert bpy.ops.headsculpt.add_base_head() == {"FINISHED"}
+    head = scene.headsculpt.prior
+    assert head.name == BASE_HEAD_NAME and object_badge(head, None).usable
+    assert tuple(head.location) == pytest.approx((1.0, 2.0, 0.0))
+    # The file is Y up (engine canonical); in Blender the head stands along Z and faces -Y, and the
+    # add-on hands the engine the file's own coordinates back.
+    from headsculpt_blender.prior import mesh_arrays
+
+    sent, _ = mesh_arrays(head, bpy.context.evaluated_depsgraph_get())
+    assert np.abs(sent - obj_vertices(path)).max() < 1e-5
+    world = world_vertices(head)
+    extent = np.ptp(world, axis=0)
+    assert extent[2] > extent[1]  # taller (Z) than deep (Y)
