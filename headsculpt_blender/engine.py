@@ -5,6 +5,7 @@ threads never read bpy data. `connect(settings)` (worker threads) returns a chec
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shlex
@@ -141,6 +142,7 @@ class LocalEngine:
 
 
 LOCAL = LocalEngine()
+atexit.register(LOCAL.stop)  # Blender quitting does not always unregister add-ons first
 
 
 def connect(settings: EngineSettings) -> EngineClient:

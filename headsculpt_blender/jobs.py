@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -143,6 +144,9 @@ def work_cancel(settings: EngineSettings, job_id: str) -> dict:
 
 
 def work_refresh(settings: EngineSettings, job_id: str, seen_update: float, results_dir: Path) -> dict:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", job_id) or job_id.strip(".") == "":
+        # The id names the results folder: never let an engine's answer point outside it.
+        raise EngineError(f"The engine gave the job an id this add-on cannot use as a folder name: {job_id!r}.")
     client = connect(settings)
     job = client.job(job_id)
     preview = None
@@ -284,6 +288,10 @@ def ensure_polling(scene) -> None:
 def resume_all() -> None:
     """After loading a file: resume polling for every scene with an unfinished job."""
     for scene in bpy.data.scenes:
+        st = state(scene)
+        if st.job_state == "submitting" and not busy(scene):
+            st.job_state = ""  # saved while a submission was on its way: it never got a job id
+            st.status = "The last submission was interrupted; press Generate again"
         if job_active(scene):
             ensure_polling(scene)
 

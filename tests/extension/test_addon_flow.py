@@ -283,3 +283,34 @@ def test_add_base_head_stands_up_as_the_prior(bpy, scene):
     world = world_vertices(head)
     extent = np.ptp(world, axis=0)
     assert extent[2] > extent[1]  # taller (Z) than deep (Y)
+
+
+def test_job_resumes_after_reopening_the_file(bpy, scene, flame_template, tmp_path):
+    from headsculpt_blender import jobs
+
+    head = import_flame(bpy, flame_template)
+    st = scene.headsculpt
+    with FakeEngine(steps=6) as engine:
+        use_engine(engine.url)
+        st.prior, st.prompt = head, "a knight"
+        bpy.ops.headsculpt.generate()
+        poll_until(scene, lambda: st.job_state == "running")
+        job_id = st.job_id
+        jobs.shutdown()  # as if Blender had closed: the work in memory is gone, the file keeps the job
+        bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+        bpy.ops.wm.read_homefile(use_empty=True)
+        assert bpy.context.scene.headsculpt.job_id == ""
+        bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "scene.blend"))
+        scene = bpy.context.scene
+        st = scene.headsculpt
+        assert st.job_id == job_id and bpy.app.timers.is_registered(jobs._timers[scene.name])
+        poll_until(scene, lambda: st.result_object is not None)
+    assert st.result_object["headsculpt_job_id"] == job_id
+
+
+def test_interrupted_submission_is_cleared_on_load(bpy, scene, tmp_path):
+    scene.headsculpt.job_state = "submitting"
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "scene.blend"))
+    st = bpy.context.scene.headsculpt
+    assert st.job_state == "" and "interrupted" in st.status
