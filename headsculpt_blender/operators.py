@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import bpy
-from bpy.props import StringProperty
 
 from . import jobs
 from .client import EngineError
