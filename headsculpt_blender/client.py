@@ -71,12 +71,15 @@ class EngineClient:
                 f"{API_VERSION}; install matching versions of the add-on and the engine.")
         return info
 
-    def upload_prior(self, name: str, vertices: np.ndarray, faces: np.ndarray) -> dict:
+    def upload_prior(self, name: str, vertices: np.ndarray, faces: np.ndarray,
+                     landmark_indices: list[int] | None = None) -> dict:
         vertices = np.ascontiguousarray(vertices, dtype="<f4").reshape(-1, 3)
         faces = np.ascontiguousarray(faces, dtype="<i4").reshape(-1, 3)
         body = {"name": name, "vertex_count": int(len(vertices)), "face_count": int(len(faces)),
                 "vertices_b64": base64.b64encode(vertices.tobytes()).decode("ascii"),
                 "faces_b64": base64.b64encode(faces.tobytes()).decode("ascii")}
+        if landmark_indices is not None:
+            body["landmark_indices"] = [int(index) for index in landmark_indices]
         return self._json("POST", "/v1/priors", body, timeout=TRANSFER_TIMEOUT_S)
 
     def prior(self, prior_id: str) -> dict:

@@ -107,9 +107,9 @@ def poll_step(scene, settings: EngineSettings | None = None) -> bool:
 
 # -- worker functions (no bpy) ------------------------------------------------------------------------
 
-def work_prior(settings: EngineSettings, name: str, vertices, faces) -> tuple:
+def work_prior(settings: EngineSettings, name: str, vertices, faces, landmark_indices=None) -> tuple:
     client = connect(settings)
-    return client, client.upload_prior(name, vertices, faces)
+    return client, client.upload_prior(name, vertices, faces, landmark_indices)
 
 
 def landmark_refusal(info: dict, name: str) -> str:
@@ -120,18 +120,18 @@ def landmark_refusal(info: dict, name: str) -> str:
     return f"{name} cannot serve as a head prior: {landmarks.get('message') or 'no face was found on it'}"
 
 
-def work_generate(settings: EngineSettings, name: str, vertices, faces, job: dict) -> dict:
+def work_generate(settings: EngineSettings, name: str, vertices, faces, landmark_indices, job: dict) -> dict:
     """Upload the prior and submit the job; a prior without landmarks is not submitted (the PriorInfo
     still comes back, so that the badge can say why)."""
-    client, info = work_prior(settings, name, vertices, faces)
+    client, info = work_prior(settings, name, vertices, faces, landmark_indices)
     refusal = landmark_refusal(info, name)
     if refusal:
         return {"prior": info, "job": None, "refusal": refusal}
     return {"prior": info, "job": client.submit(dict(job, prior_id=info["prior_id"])), "refusal": ""}
 
 
-def work_landmarks(settings: EngineSettings, name: str, vertices, faces) -> dict:
-    client, info = work_prior(settings, name, vertices, faces)
+def work_landmarks(settings: EngineSettings, name: str, vertices, faces, landmark_indices) -> dict:
+    client, info = work_prior(settings, name, vertices, faces, landmark_indices)
     return {"prior": info, "png": client.landmark_preview(info["prior_id"])}
 
 

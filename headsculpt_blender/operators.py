@@ -12,7 +12,8 @@ from . import jobs
 from .client import EngineError
 from .engine import LOCAL
 from .preferences import engine_settings, preferences, user_dir
-from .prior import mesh_arrays, object_badge, object_counts
+from .prior import (FLAME_VERTEX_COUNT, is_flame_counts, load_landmark_indices, mesh_arrays, object_badge,
+                    object_counts)
 from .properties import ACTIVE_STATES, PROP_JOB, PROP_PRIOR, PROP_PROMPT, is_avatar, state
 
 MAX_TEXT = 500  # the engine takes prompts and instructions of 1..500 characters
@@ -72,6 +73,19 @@ def settings(context):
         raise Refusal(str(error)) from None
 
 
+def prior_payload(context, obj) -> tuple:
+    """The prior's arrays in the engine frame, plus the FLAME landmark indices from the preferences when
+    they apply (a FLAME mesh whose modifiers keep its 5023 vertices)."""
+    vertices, faces = mesh_arrays(obj, context.evaluated_depsgraph_get())
+    path = preferences(context).flame_landmark_file
+    if not path or not is_flame_counts(*object_counts(obj)) or len(vertices) != FLAME_VERTEX_COUNT:
+        return vertices, faces, None
+    try:
+        return vertices, faces, load_landmark_indices(bpy.path.abspath(path), len(vertices))
+    except ValueError as error:
+        raise Refusal(str(error)) from None
+
+
 def full_prompt(st) -> str:
     return f"{st.prompt_prefix} {st.prompt.strip()}".strip()
 
@@ -101,7 +115,7 @@ class HEADSCULPT_OT_generate(_HeadSculptOperator):
         prompt = checked_text(full_prompt(st), "a prompt")
         checked_idle(scene)
         engine = settings(context)
-        vertices, faces = mesh_arrays(prior, context.evaluated_depsgraph_get())
+        vertices, faces, landmarks = prior_payload(context, prior)
         job = {"kind": "generate", "prompt": prompt, "negative_prompt": st.negative_prompt.strip(),
                "seed": st.seed, "preset": st.preset, "guidance": st.guidance}
         key = prior_key(prior)
@@ -120,7 +134,7 @@ class HEADSCULPT_OT_generate(_HeadSculptOperator):
             state(scene).status = "Job submitted"
 
         jobs.start(scene, "submitting the job", functools.partial(
-            jobs.work_generate, engine, prior.name, vertices, faces, job), apply)
+            jobs.work_generate, engine, prior.name, vertices, faces, landmarks, job), apply)
         return {"FINISHED"}
 
 
@@ -197,7 +211,7 @@ class HEADSCULPT_OT_preview_landmarks(_HeadSculptOperator):
         if jobs.busy(scene):
             raise Refusal("HeadSculpt is still busy; wait a moment.")
         engine = settings(context)
-        vertices, faces = mesh_arrays(obj, context.evaluated_depsgraph_get())
+        vertices, faces, landmarks = prior_payload(context, obj)
         key = prior_key(obj)
         state(scene).status = "Finding landmarks on the prior"
 
@@ -208,7 +222,7 @@ class HEADSCULPT_OT_preview_landmarks(_HeadSculptOperator):
             st.status = "Landmark preview updated"
 
         jobs.start(scene, "previewing landmarks", functools.partial(
-            jobs.work_landmarks, engine, obj.name, vertices, faces), apply)
+            jobs.work_landmarks, engine, obj.name, vertices, faces, landmarks), apply)
         return {"FINISHED"}
 
 

@@ -46,6 +46,10 @@ class HeadSculptPreferences(bpy.types.AddonPreferences):
     back_view_token_file: StringProperty(
         name="<back-view> token", subtype="FILE_PATH",
         description="Learned <back-view> embedding (from `headsculpt learn-token`); empty: plain \"back view\"")
+    flame_landmark_file: StringProperty(
+        name="FLAME landmarks", subtype="FILE_PATH",
+        description="Optional: 478 FLAME vertex indices, one per MediaPipe landmark (.npy or JSON), sent with "
+                    "FLAME priors instead of letting the engine find the landmarks")
     extra_args: StringProperty(name="Extra options",
                                description="More `headsculpt serve` options, as on a command line")
     poll_interval: FloatProperty(name="Refresh every", default=1.0, min=0.2, max=30.0, unit="TIME_ABSOLUTE",
@@ -72,6 +76,7 @@ class HeadSculptPreferences(bpy.types.AddonPreferences):
         else:
             layout.prop(self, "remote_url")
             layout.prop(self, "remote_token")
+        layout.prop(self, "flame_landmark_file")
         layout.prop(self, "poll_interval")
 
 

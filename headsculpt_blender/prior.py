@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -13,6 +15,7 @@ from .frames import local_to_engine
 FLAME_VERTEX_COUNT = 5023
 FLAME_FACE_COUNTS = (9976, 10034)  # FLAME 2020 / 2023 (the latter with closed eye and mouth regions)
 MAX_FACES = 2_000_000  # the engine refuses more (api-contract: 413)
+LANDMARK_COUNT = 478  # MediaPipe FaceMesh with irises
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,23 @@ def object_badge(obj, prior_info: dict | None) -> Badge:
     if obj.type != "MESH":
         return badge(obj.type)
     return badge("MESH", *object_counts(obj), prior_info=prior_info)
+
+
+def load_landmark_indices(path: str | Path, vertex_count: int) -> list[int]:
+    """A FLAME vertex index per MediaPipe landmark (478), from .npy (the engine's `--landmark-file`
+    format; never unpickled) or a JSON list. Raises ValueError with a sentence for the panel."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            values = np.asarray(json.loads(path.read_text()))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"The landmark index file {path.name} cannot be read ({error}).") from None
+    values = np.asarray(values).reshape(-1)
+    if values.size != LANDMARK_COUNT or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"The landmark index file {path.name} must hold {LANDMARK_COUNT} integers "
+                         f"(one vertex per MediaPipe landmark); it holds {values.size} values of {values.dtype}.")
+    if values.min() < 0 or values.max() >= vertex_count:
+        raise ValueError(f"The landmark index file {path.name} names vertices outside 0..{vertex_count - 1}.")
+    return values.astype(int).tolist()

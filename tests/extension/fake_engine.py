@@ -48,6 +48,7 @@ class FakeEngine:
         self.priors: dict[str, tuple[np.ndarray, np.ndarray, dict]] = {}
         self.jobs: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
+        self.landmark_uploads: list[list[int] | None] = []  # landmark_indices of each prior upload
         self.lock = threading.Lock()
         engine = self
 
@@ -113,6 +114,7 @@ class FakeEngine:
         faces = np.frombuffer(base64.b64decode(body["faces_b64"]), "<i4").reshape(-1, 3)
         if len(vertices) != body["vertex_count"] or len(faces) != body["face_count"]:
             return self.send(handler, 422, {"detail": "The arrays do not match the counts."})
+        self.landmark_uploads.append(body.get("landmark_indices"))
         prior_id = hashlib.sha256(vertices.tobytes() + faces.tobytes()).hexdigest()[:16]
         found = self.landmarks_found
         info = {"prior_id": prior_id, "name": body["name"], "vertex_count": len(vertices),

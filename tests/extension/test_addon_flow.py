@@ -2,6 +2,7 @@
 Generate, import and placement, Edit avatar, Bind to FLAME, and every refusal. bpy runs in-process."""
 from __future__ import annotations
 
+import json
 import socket
 
 import numpy as np
@@ -218,7 +219,7 @@ def test_refusals_are_plain_and_nothing_crashes(bpy, scene, flame_template):
         poll_until(scene, lambda: st.job_state == "")
         assert st.last_error == "Sphere cannot serve as a head prior: MediaPipe found no face in the renders."
         assert engine.jobs == {}
-        assert object_badge(st.prior, __import__("json").loads(st.prior_info_json)).usable is False
+        assert object_badge(st.prior, json.loads(st.prior_info_json)).usable is False
 
 
 def test_unreachable_engine_keeps_the_job_recoverable(bpy, scene, flame_template):
@@ -314,3 +315,35 @@ def test_interrupted_submission_is_cleared_on_load(bpy, scene, tmp_path):
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "scene.blend"))
     st = bpy.context.scene.headsculpt
     assert st.job_state == "" and "interrupted" in st.status
+
+
+def test_flame_landmark_indices_from_the_preferences(bpy, scene, flame_template, tmp_path):
+    from headsculpt_blender import jobs, preferences
+
+    head = import_flame(bpy, flame_template)
+    st = scene.headsculpt
+    st.prior = head
+    indices = np.arange(478) * 10
+    np.save(tmp_path / "flame_mediapipe.npy", indices)
+    prefs = preferences.preferences()
+    try:
+        with FakeEngine() as engine:
+            use_engine(engine.url)
+            prefs.flame_landmark_file = str(tmp_path / "flame_mediapipe.npy")
+            bpy.ops.headsculpt.preview_landmarks()
+            poll_until(scene, lambda: st.landmark_image is not None)
+            assert engine.landmark_uploads == [indices.tolist()]
+            # A file that is not 478 vertex indices is refused before anything is sent.
+            np.save(tmp_path / "short.npy", indices[:477])
+            prefs.flame_landmark_file = str(tmp_path / "short.npy")
+            message = refused(bpy.ops.headsculpt.preview_landmarks)
+            assert "must hold 478 integers" in message and len(engine.landmark_uploads) == 1
+            # Not FLAME: the indices do not apply and are not sent.
+            prefs.flame_landmark_file = str(tmp_path / "flame_mediapipe.npy")
+            bpy.ops.mesh.primitive_uv_sphere_add()
+            st.prior = bpy.context.active_object
+            bpy.ops.headsculpt.preview_landmarks()
+            poll_until(scene, lambda: len(engine.landmark_uploads) == 2 and not jobs.busy(scene))
+            assert engine.landmark_uploads[1] is None
+    finally:
+        prefs.flame_landmark_file = ""
