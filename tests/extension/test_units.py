@@ -2,6 +2,7 @@
 client against a stand-in engine, and the local engine process handshake."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -214,3 +215,21 @@ def test_preferences_snapshot(scene):
     prefs.extra_args, prefs.models_folder = "", ""
     with pytest.raises(EngineError, match="models folder"):
         preferences.engine_settings(prefs)
+
+
+def test_landmark_index_files(tmp_path):
+    from headsculpt_blender.prior import load_landmark_indices
+
+    (tmp_path / "ok.json").write_text(json.dumps(list(range(478))))
+    assert load_landmark_indices(tmp_path / "ok.json", 5023) == list(range(478))
+    (tmp_path / "far.json").write_text(json.dumps([6000] * 478))
+    with pytest.raises(ValueError, match=r"outside 0..5022"):
+        load_landmark_indices(tmp_path / "far.json", 5023)
+    np.save(tmp_path / "floats.npy", np.zeros(478))
+    with pytest.raises(ValueError, match="must hold 478 integers"):
+        load_landmark_indices(tmp_path / "floats.npy", 5023)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 478, dtype=object))
+    with pytest.raises(ValueError, match="cannot be read"):  # pickled content is never loaded
+        load_landmark_indices(tmp_path / "objects.npy", 5023)
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_landmark_indices(tmp_path / "missing.json", 5023)
