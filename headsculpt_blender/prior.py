@@ -92,8 +92,9 @@ def object_badge(obj, prior_info: dict | None) -> Badge:
 
 
 def load_landmark_indices(path: str | Path, vertex_count: int) -> list[int]:
-    """A FLAME vertex index per MediaPipe landmark (478), from .npy (the engine's `--landmark-file`
-    format; never unpickled) or a JSON list. Raises ValueError with a sentence for the panel."""
+    """A FLAME vertex index per MediaPipe landmark (478; -1 for one that cannot be placed), from .npy
+    (the engine's `--landmark-file` format; never unpickled) or a JSON list. Raises ValueError with a
+    sentence for the panel."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".npy":
@@ -106,6 +107,7 @@ def load_landmark_indices(path: str | Path, vertex_count: int) -> list[int]:
     if values.size != LANDMARK_COUNT or not np.issubdtype(values.dtype, np.integer):
         raise ValueError(f"The landmark index file {path.name} must hold {LANDMARK_COUNT} integers "
                          f"(one vertex per MediaPipe landmark); it holds {values.size} values of {values.dtype}.")
-    if values.min() < 0 or values.max() >= vertex_count:
-        raise ValueError(f"The landmark index file {path.name} names vertices outside 0..{vertex_count - 1}.")
+    if values.min() < -1 or values.max() >= vertex_count:
+        raise ValueError(f"The landmark index file {path.name} names vertices outside 0..{vertex_count - 1} "
+                         "(-1 marks a landmark left out).")
     return values.astype(int).tolist()

@@ -222,6 +222,8 @@ def test_landmark_index_files(tmp_path):
 
     (tmp_path / "ok.json").write_text(json.dumps(list(range(478))))
     assert load_landmark_indices(tmp_path / "ok.json", 5023) == list(range(478))
+    (tmp_path / "gaps.json").write_text(json.dumps([-1] * 10 + list(range(468))))
+    assert load_landmark_indices(tmp_path / "gaps.json", 5023)[:11] == [-1] * 10 + [0]
     (tmp_path / "far.json").write_text(json.dumps([6000] * 478))
     with pytest.raises(ValueError, match=r"outside 0..5022"):
         load_landmark_indices(tmp_path / "far.json", 5023)
