@@ -17,9 +17,10 @@ import numpy as np
 
 API_VERSION = 1
 
-# Status requests must never hold the UI; uploads and downloads run in worker threads and may take longer
-# (uploading a prior that is not FLAME runs the engine's landmark detection before it answers).
-QUICK_TIMEOUT_S = 5.0
+# Every request runs in a worker thread, so these limits never hold Blender's UI; they only bound how
+# long a stuck engine goes unreported. A freshly started engine answers its first requests slowly (it
+# loads PyTorch), and uploading a prior runs the engine's landmark detection before it answers.
+QUICK_TIMEOUT_S = 30.0
 TRANSFER_TIMEOUT_S = 300.0
 
 
