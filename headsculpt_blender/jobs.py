@@ -32,7 +32,7 @@ class Pending:
 
 
 _executor: ThreadPoolExecutor | None = None
-_pending: dict[str, Pending] = {}
+_pending: dict[tuple[str, str], Pending] = {}  # (scene name, slot)
 _timers: dict[str, Callable] = {}
 _failed_at: dict[str, float] = {}
 
@@ -72,6 +72,7 @@ def _apply_finished(scene) -> None:
         del _pending[key]
         try:
             pending.apply(scene, pending.future.result())
+            _failed_at.pop(scene.name, None)
         except EngineError as error:
             st.last_error = str(error)
             _failed_at[scene.name] = time.monotonic()
