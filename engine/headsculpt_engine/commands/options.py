@@ -34,13 +34,13 @@ def add_run_options(parser: argparse.ArgumentParser, default_preset: str = "pape
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run configuration the shared options describe."""
-    from ..models.loading import apply_models_option
+    from ..models.loading import models_config_from_cli
 
     try:
         cfg = preset_config(args.preset)
         cfg.seed, cfg.device = args.seed, args.device
-        if args.models != "default" or args.preset != "tiny":
-            apply_models_option(cfg.models, args.models)
+        if args.models != "default" or args.preset != "tiny":  # the tiny preset implies the tiny models
+            cfg.models = models_config_from_cli(args.models, cfg.models)
         if args.back_view_token:
             token_file = Path(args.back_view_token).expanduser()
             if not token_file.is_file():
