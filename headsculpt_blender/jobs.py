@@ -182,7 +182,8 @@ def set_job(scene, job: dict) -> None:
     eta = job.get("eta_s")
     st.job_eta_s = -1.0 if eta is None else float(eta)
     if job.get("state") == "failed":
-        st.last_error = f"The job failed: {job.get('message') or 'the engine gave no reason'}"
+        reason = job.get("message") or "the engine gave no reason"
+        st.last_error = reason if reason.lower().startswith("the job failed") else f"The job failed: {reason}"
     elif job.get("state") == "cancelled":
         st.status = "Cancelled; the last checkpoint is kept on the engine"
 
