@@ -42,8 +42,8 @@ def glb_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
 
 class FakeEngine:
     def __init__(self, api_version: int = 1, token: str = "secret", steps: int = 3,
-                 landmarks_found: bool = True, edit_scale: float = 1.1) -> None:
-        self.api_version, self.token, self.steps = api_version, token, steps
+                 landmarks_found: bool = True, edit_scale: float = 1.1, fail_at: int = 0) -> None:
+        self.api_version, self.token, self.steps, self.fail_at = api_version, token, steps, fail_at
         self.landmarks_found, self.edit_scale = landmarks_found, edit_scale
         self.priors: dict[str, tuple[np.ndarray, np.ndarray, dict]] = {}
         self.jobs: dict[str, dict] = {}
@@ -153,7 +153,9 @@ class FakeEngine:
         job["iteration"] += 1
         job["eta_s"] = float(self.steps - job["iteration"])
         job["updated_at"] = time.time()
-        if job["iteration"] >= self.steps:
+        if job["iteration"] == self.fail_at:
+            job["state"], job["message"] = "failed", "CUDA ran out of memory; try the draft preset."
+        elif job["iteration"] >= self.steps:
             job["state"], job["stage"], job["eta_s"] = "done", "export", 0.0
             job["glb"] = glb_bytes(job["vertices"], job["faces"])
 

@@ -347,3 +347,18 @@ def test_flame_landmark_indices_from_the_preferences(bpy, scene, flame_template,
             assert engine.landmark_uploads[1] is None
     finally:
         prefs.flame_landmark_file = ""
+
+
+def test_failed_job_reports_the_engines_reason_and_stops_polling(bpy, scene, flame_template):
+    from headsculpt_blender import jobs
+
+    head = import_flame(bpy, flame_template)
+    st = scene.headsculpt
+    with FakeEngine(steps=5, fail_at=2) as engine:
+        use_engine(engine.url)
+        st.prior, st.prompt = head, "a knight"
+        bpy.ops.headsculpt.generate()
+        poll_until(scene, lambda: st.job_state == "failed")
+        assert st.last_error == "The job failed: CUDA ran out of memory; try the draft preset."
+        poll_until(scene, lambda: not jobs.busy(scene))
+        assert jobs.poll_step(scene) is False and st.result_object is None
