@@ -145,6 +145,16 @@ def test_edit_avatar_creates_a_linked_copy_beside_it(bpy, scene, flame_template)
 
 def test_bind_to_flame_follows_the_prior(bpy, scene, flame_template):
     head = import_flame(bpy, flame_template)
+    # A FLAME expression as a shape key: the top half of the head raised by 2 cm, off at first.
+    head.shape_key_add(name="Basis")
+    lift = head.shape_key_add(name="lift", from_mix=False)
+    co = np.empty(len(head.data.vertices) * 3)
+    lift.data.foreach_get("co", co)
+    co = co.reshape(-1, 3)
+    top = co[:, 1] > np.median(co[:, 1])  # mesh data is Y up (object rotated +90 degrees about X)
+    co[top, 1] += 0.02
+    lift.data.foreach_set("co", co.ravel())
+    lift.value = 0.0
     with FakeEngine() as engine:
         use_engine(engine.url)
         avatar = generate(bpy, scene, head)
@@ -153,18 +163,11 @@ def test_bind_to_flame_follows_the_prior(bpy, scene, flame_template):
     modifier = avatar.modifiers["HeadSculpt bind"]
     assert modifier.type == "SURFACE_DEFORM" and modifier.is_bound and modifier.target == head
     before = evaluated_world_vertices(bpy, avatar)
-    # Deform the prior (as a shape key or armature would): lift its top half by 2 cm in the mesh data.
-    co = np.empty(len(head.data.vertices) * 3)
-    head.data.vertices.foreach_get("co", co)
-    co = co.reshape(-1, 3)
-    top = co[:, 1] > np.median(co[:, 1])  # mesh data is Y up (object rotated +90 degrees about X)
-    co[top, 1] += 0.02
-    head.data.vertices.foreach_set("co", co.ravel())
-    head.data.update()
+    lift.value = 1.0  # the shape key drives the prior, and through the binding the avatar
     after = evaluated_world_vertices(bpy, avatar)
     moved = np.linalg.norm(after - before, axis=1)
-    assert moved.max() == pytest.approx(0.02, abs=2e-3)
-    assert nearest_distance(after, world_vertices(head)).max() < 1e-4  # still on the (deformed) prior
+    assert moved.max() == pytest.approx(0.02, abs=2e-3) and (moved > 0.015).mean() > 0.3
+    assert nearest_distance(after, evaluated_world_vertices(bpy, head)).max() < 1e-4  # still on the prior
 
 
 def test_refusals_are_plain_and_nothing_crashes(bpy, scene, flame_template):
