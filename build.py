@@ -146,9 +146,7 @@ def build_extension(python: Path) -> Path:
     shutil.copy2(ROOT / "blender_manifest.toml", staging / "blender_manifest.toml")
     for inside, source in EXTENSION_ASSETS.items():
         if not source.is_file():
-            say(f"warning: {source.relative_to(ROOT)} is missing (flame_assets/make_base_head.py makes it); "
-                "the extension's 'Add base head' will say so")
-            continue
+            fail(f"{source.relative_to(ROOT)} is missing; generate it with flame_assets/make_base_head.py.")
         (staging / inside).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, staging / inside)
     DIST.mkdir(exist_ok=True)

@@ -14,6 +14,7 @@ COMMANDS = [
     "generate",
     "learn_token",
     "make_tiny_models",
+    "landmarks",
 ]
 
 

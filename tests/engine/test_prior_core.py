@@ -136,6 +136,13 @@ def flame_prior(flame_template) -> HeadPrior:
     return load_prior(flame_template, detect_landmarks=False)
 
 
+def test_flame_topology_counts():
+    from headsculpt_engine.prior.head import is_flame_topology
+
+    assert is_flame_topology(5023, 9976) and is_flame_topology(5023, 10034)
+    assert not is_flame_topology(5023, 9000) and not is_flame_topology(5118, 9976)
+
+
 def test_flame_topology_is_recognised(flame_prior):
     prior = flame_prior
     assert prior.is_flame and len(prior.vertices) == 5023 and len(prior.faces) == 9976
@@ -241,12 +248,18 @@ def test_cache_reuses_the_grid(tmp_path):
 
     mesh = sphere_arrays(radius=0.3)
     first = load_prior(mesh, detect_landmarks=False, sdf_resolution=16)
+    assert not list(prior_cache_dir(first.content_hash).glob("sdf_grid_*.npy"))  # built on first use
+    first.signed_distance(torch.zeros(1, 3))
     grid_file = next(prior_cache_dir(first.content_hash).glob("sdf_grid_*.npy"))
     marker = np.load(grid_file)
     marker[0, 0, 0] = 123.0  # a value the computation cannot give; the second load must read it
     np.save(grid_file, marker)
     second = load_prior(mesh, detect_landmarks=False, sdf_resolution=16)
     assert second.sdf_grid.values[0, 0, 0] == 123.0
+    with np.load(prior_cache_dir(first.content_hash) / "mesh.npz") as cached:
+        np.testing.assert_array_equal(cached["vertices"], first.vertices)
+        np.testing.assert_array_equal(cached["faces"], first.faces)
+        assert float(cached["scale"]) == first.transform.scale
 
 
 # --- landmark files ------------------------------------------------------------------------------

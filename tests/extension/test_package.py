@@ -49,8 +49,7 @@ def test_zip_passes_the_validator_and_holds_the_package(built_zip):
     assert built_zip.name == "headsculpt-0.1.0.zip"
     assert {"blender_manifest.toml", "__init__.py", "client.py", "importer.py"} <= names
     assert not any("__pycache__" in name for name in names)
-    if (ROOT / "flame_assets" / "base_head.obj").is_file():
-        assert "assets/base_head.obj" in names
+    assert "assets/base_head.obj" in names  # the built-in head for "Add base head"
 
 
 def test_installs_into_a_repository_and_registers_twice(built_zip, tmp_path):

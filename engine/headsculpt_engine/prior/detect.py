@@ -2,6 +2,7 @@
 landmark lifted to the surface through the raster's triangle id and barycentrics, views fused."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -104,12 +105,9 @@ def fuse_views(lifted: list[tuple[np.ndarray, np.ndarray]], vertices: np.ndarray
     corners = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)[face_ids.clip(0)]]  # (V, 478, 3, 3)
     points = np.einsum("vlc,vlcd->vld", weights.astype(np.float64), corners)
     points[~found] = np.nan
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: landmarks no view found
-            median = np.nanmedian(points, axis=0)  # (478, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: landmarks no view found
+        median = np.nanmedian(points, axis=0)  # (478, 3)
     distance = np.linalg.norm(points - median[None], axis=-1)  # NaN where not found
     distance = np.where(found, distance, np.inf)
     best = np.argmin(distance, axis=0)

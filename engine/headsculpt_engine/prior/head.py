@@ -31,19 +31,29 @@ if TYPE_CHECKING:
 CACHE_VERSION = "1"
 FLAME_VERTEX_COUNTS = (5023,)
 FLAME_FACE_COUNTS = (9976, 10034)  # open mouth; closed mouth
-# A landmark counts as hidden when the visible surface at its pixel is nearer by more than this.
-VISIBILITY_TOLERANCE = 0.02  # normalised units (about 5 mm on an adult head)
 
 
 @dataclass
 class HeadPrior:
+    """A head mesh in the engine's normalised frame, with what training needs from it: signed
+    distance and the density prior (Eq. 3), landmarks and landmark maps, and the way back to the
+    mesh's own (canonical) coordinates."""
+
     vertices: np.ndarray  # (N, 3) float32, normalised frame
     faces: np.ndarray  # (M, 3) int32
     transform: PriorTransform
     content_hash: str
     is_flame: bool
     landmarks: LandmarkEmbedding | None
-    sdf_grid: SDFGrid = field(repr=False)
+    # The grid is built (or read from the cache) on first use: landmark work never needs it.
+    sdf_source: Callable[[], SDFGrid] = field(repr=False)
+    _sdf_grid: SDFGrid | None = field(default=None, init=False, repr=False)
+
+    @property
+    def sdf_grid(self) -> SDFGrid:
+        if self._sdf_grid is None:
+            self._sdf_grid = self.sdf_source()
+        return self._sdf_grid
 
     # --- geometry -------------------------------------------------------------------------------
 
@@ -107,7 +117,7 @@ class HeadPrior:
         return cls(vertices=vertices, faces=faces, transform=PriorTransform.from_dict(info["transform"]),
                    content_hash=info["content_hash"], is_flame=bool(info["is_flame"]),
                    landmarks=LandmarkEmbedding.load(marks) if marks.exists() else None,
-                   sdf_grid=SDFGrid(grid, info.get("sdf_bound", GRID_BOUND)))
+                   sdf_source=lambda: SDFGrid(grid, info.get("sdf_bound", GRID_BOUND)))
 
 
 # --- loading ----------------------------------------------------------------------------------------
@@ -154,6 +164,14 @@ def _cached_sdf(cache: Path, vertices: np.ndarray, faces: np.ndarray, resolution
     return grid
 
 
+def _cache_mesh(cache: Path, vertices: np.ndarray, faces: np.ndarray, transform: PriorTransform) -> None:
+    """The normalised mesh and its transform, so a prior can be rebuilt from its hash alone."""
+    path = cache / "mesh.npz"
+    if not path.exists():
+        _atomic_save(path, lambda p: np.savez(p, vertices=vertices, faces=faces, center=transform.center,
+                                              scale=np.float64(transform.scale)))
+
+
 def _cached_detection(cache: Path, vertices: np.ndarray, faces: np.ndarray,
                       say: Callable[[str], None]) -> LandmarkEmbedding:
     from .detect import detect_landmarks
@@ -183,7 +201,7 @@ def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | N
     hash_ = content_hash(mesh)
     cache = prior_cache_dir(hash_)
     cache.mkdir(parents=True, exist_ok=True)
-    grid = _cached_sdf(cache, vertices, mesh.faces, sdf_resolution, say)
+    _cache_mesh(cache, vertices, mesh.faces, transform)
     if landmark_file is not None:
         # Indices refer to the mesh as given; cleaning keeps vertices, so they still apply.
         landmarks = embedding_from_vertex_indices(read_landmark_file(landmark_file), mesh.faces, len(vertices))
@@ -193,4 +211,4 @@ def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | N
         landmarks = None
     return HeadPrior(vertices=vertices, faces=mesh.faces, transform=transform, content_hash=hash_,
                      is_flame=is_flame_topology(len(vertices), len(raw.faces)), landmarks=landmarks,
-                     sdf_grid=SDFGrid(grid))
+                     sdf_source=lambda: SDFGrid(_cached_sdf(cache, vertices, mesh.faces, sdf_resolution, say)))

@@ -27,8 +27,8 @@ GROUP_COLOURS: dict[str, tuple[int, int, int]] = {
     "lips": (10, 180, 10),
 }
 IRIS_COLOURS: dict[int, tuple[int, int, int]] = {
-    LEFT_IRIS_CENTER: (250, 200, 10),
-    RIGHT_IRIS_CENTER: (10, 200, 250),
+    RIGHT_IRIS_CENTER: (250, 200, 10),  # landmark 468
+    LEFT_IRIS_CENTER: (10, 200, 250),  # landmark 473
 }
 
 

@@ -18,14 +18,15 @@ if TYPE_CHECKING:
     from .head import HeadPrior
 
 # Visibility needs depth only where landmarks are: a coarser raster keeps maps fast at 512x512.
-VISIBILITY_MAX_SIZE = 256
+VISIBILITY_MAX_SIZE = 128
+# A landmark counts as hidden when the visible surface at its pixel is nearer by more than this.
+VISIBILITY_TOLERANCE = 0.02  # normalised units (about 5 mm on an adult head)
 
 
 def landmark_visibility(prior: "HeadPrior", cameras: "Cameras") -> "torch.Tensor":
     """(B, 478) bool: the landmark exists and no surface lies nearer to the camera at its pixel."""
     import torch
 
-    from .head import VISIBILITY_TOLERANCE
     from .render import rasterize_prior
 
     points = torch.as_tensor(prior.landmark_points(), dtype=torch.float32, device=cameras.device)

@@ -16,8 +16,9 @@ from ..errors import InputError
 NUM_LANDMARKS = 478  # FaceMesh with refine_landmarks: 468 face points + 2 x 5 iris points
 NUM_FACE_LANDMARKS = 468
 NOSE_TIP = 1
-LEFT_IRIS_CENTER = 468  # MediaPipe's index of the first iris centre
-RIGHT_IRIS_CENTER = 473
+# Iris centres, named like mediapipe's FACEMESH_RIGHT_IRIS (469-472) / FACEMESH_LEFT_IRIS (474-477) sets.
+RIGHT_IRIS_CENTER = 468
+LEFT_IRIS_CENTER = 473
 
 
 @dataclass

@@ -12,16 +12,6 @@ if TYPE_CHECKING:
     from ..mesh.raster import RasterOutput
 
 
-def vertex_normals(vertices: "torch.Tensor", faces: "torch.Tensor") -> "torch.Tensor":
-    """Area-weighted unit vertex normals (V, 3)."""
-    import torch
-
-    tri = vertices[faces.long()]
-    face_n = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
-    normals = torch.zeros_like(vertices).index_add_(0, faces.long().reshape(-1), face_n.repeat_interleave(3, dim=0))
-    return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
-
-
 def rasterize_prior(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras") -> "RasterOutput":
     import torch
 
@@ -33,16 +23,15 @@ def rasterize_prior(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras")
     return rasterizer.rasterize(v, f, cameras)
 
 
-def shade(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras",
-          raster: "RasterOutput | None" = None) -> tuple[np.ndarray, "RasterOutput"]:
-    """(B, H, W, 3) uint8 grey renders lit by a light at the camera (ambient + two-sided Lambert),
+def shade(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras") -> tuple[np.ndarray, "RasterOutput"]:
+    """(B, H, W, 3) uint8 grey renders lit from just above the camera (ambient + two-sided Lambert),
     on a mid-grey background that face detectors handle well; also returns the raster."""
     import torch
 
     from ..mesh.raster import make_rasterizer
+    from ..mesh.render import vertex_normals
 
-    if raster is None:
-        raster = rasterize_prior(vertices, faces, cameras)
+    raster = rasterize_prior(vertices, faces, cameras)
     v = torch.as_tensor(vertices, dtype=torch.float32, device=cameras.device)
     f = torch.as_tensor(faces, dtype=torch.int32, device=cameras.device)
     normals = make_rasterizer(cameras.device).interpolate(vertex_normals(v, f), raster, f)
