@@ -365,3 +365,20 @@ def test_failed_job_reports_the_engines_reason_and_stops_polling(bpy, scene, fla
         assert st.last_error == "The job failed: CUDA ran out of memory; try the draft preset."
         poll_until(scene, lambda: not jobs.busy(scene))
         assert jobs.poll_step(scene) is False and st.result_object is None
+
+
+def test_prior_deleted_during_the_job_is_reported(bpy, scene, flame_template):
+    from headsculpt_blender import jobs
+
+    head = import_flame(bpy, flame_template)
+    st = scene.headsculpt
+    with FakeEngine(steps=4) as engine:
+        use_engine(engine.url)
+        st.prior, st.prompt = head, "a knight"
+        bpy.ops.headsculpt.generate()
+        poll_until(scene, lambda: st.job_state == "running")
+        bpy.data.objects.remove(head)
+        poll_until(scene, lambda: st.job_state == "not imported")
+        assert "the prior object is gone from the scene" in st.last_error
+        assert jobs.poll_step(scene) is False  # polling stops; the download stays in the user folder
+        assert [o for o in bpy.data.objects if o.get("headsculpt_job_id")] == []
