@@ -89,11 +89,21 @@ class CoarseConfig:
     grid_base_resolution: int = 16
     grid_log2_table_size: int = 19
     grid_finest_resolution: int = 2048
+    # "auto": tiny-cuda-nn when it imports and the device is CUDA, else the PyTorch hash grid.
+    encoding_backend: Literal["auto", "torch", "tcnn"] = "auto"
     mlp_hidden: tuple[int, ...] = (64, 64)
     bound: float = 1.0  # the scene lives in [-bound, bound]^3
     samples_per_ray: int = 128
     occupancy_grid_resolution: int = 128
     occupancy_update_every: int = 16
+    # Cells whose density estimate falls below this are skipped; also the marching-cubes level.
+    # 10 is stable-dreamfusion's density threshold, which HeadSculpt's code builds on.
+    density_threshold: float = 10.0
+    occupancy_decay: float = 0.95  # EMA decay of the cell estimates at each update (Instant-NGP)
+    # "mlp": a small learned MLP on the view direction; "random": a random solid colour per view;
+    # "white": a fixed white background.
+    background: Literal["mlp", "random", "white"] = "mlp"
+    mesh_resolution: int = 128  # marching-cubes grid of coarse_mesh.obj over [-bound, bound]^3
     prior_sharpness: float = 0.005  # `a` of Eq. 3
     albedo_warmup: int = 1000  # iterations of albedo-only shading before lighting starts
     albedo_ratio: float = 0.2  # after warm-up: share of albedo-only iterations
@@ -101,6 +111,12 @@ class CoarseConfig:
     ambient: float = 0.3
     lambda_entropy: float = 0.0
     lambda_orientation: float = 0.0
+    # Normals for shading: "predicted" by the MLP head (A.1), or "gradient" = -grad(sigma) by central
+    # differences (the shape itself; six more density evaluations per sample).
+    shading_normals: Literal["predicted", "gradient"] = "predicted"
+    # Pulls the predicted normals towards the density-gradient normals (Ref-NeRF), so that shading
+    # with predicted normals follows the geometry; 0 = off.
+    lambda_normal_consistency: float = 0.0
     checkpoint_every: int = 500
     preview_every: int = 500
 

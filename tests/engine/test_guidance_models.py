@@ -179,3 +179,41 @@ def test_ssd_texture_phase_anneals_t_max(models, cfg):
     assert ssd.t_range() == pytest.approx((0.02, 0.7))
     assert ssd.texture.guidance_scale == 7.5 and ssd.geometry.guidance_scale == 100.0
     assert ssd.texture.predictor.negative_prompt == "worst quality, low quality, semi-realistic"
+
+
+def test_memory_options_do_not_change_the_gradient(models, cfg, batch):
+    """Attention slicing and VAE slicing trade speed for memory, never results."""
+    cams, images, maps, _ = batch
+    sliced_cfg = dataclasses.replace(cfg.models, attention_slicing=True, vae_slicing=True)
+    sliced = load_diffusion_models(sliced_cfg, "cpu")
+    reference, _ = run(build_guidance(cfg, models, "a man", generator=torch.Generator().manual_seed(SEED)),
+                       images, cams, maps)
+    out, _ = run(build_guidance(cfg, sliced, "a man", generator=torch.Generator().manual_seed(SEED)),
+                 images, cams, maps)
+    assert torch.allclose(out.grad, reference.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_default_generator_follows_the_run_seed(models, cfg, batch):
+    cams, images, maps, _ = batch
+    cfg.seed = 123
+    first, _ = run(build_guidance(cfg, models, "a man"), images, cams, maps)
+    again, _ = run(build_guidance(cfg, models, "a man"), images, cams, maps)
+    explicit, _ = run(build_guidance(cfg, models, "a man", generator=torch.Generator().manual_seed(123)),
+                      images, cams, maps)
+    assert torch.equal(first.timesteps, again.timesteps) and torch.equal(first.grad, again.grad)
+    assert torch.equal(first.grad, explicit.grad)
+    cfg.guidance.kind = "ssd"
+    ssd = build_guidance(cfg, models, "a man")
+    assert ssd.generator is ssd.geometry.generator is ssd.texture.generator
+
+
+def test_iesd_needs_reference_renders_and_the_ip2p_controlnet(models, cfg, batch):
+    from headsculpt_engine.errors import InputError
+
+    cams, images, maps, _ = batch
+    edit = build_edit_guidance(cfg, models, "a man", "make him old")
+    with pytest.raises(InputError, match="reference"):
+        edit(GuidanceInputs(images=images, cameras=cams, landmark_maps=maps))
+    without_ip2p = dataclasses.replace(models, ip2p_controlnet=None)
+    with pytest.raises(ValueError, match="with_ip2p"):
+        build_edit_guidance(cfg, without_ip2p, "a man", "make him old")

@@ -1,13 +1,13 @@
 """View-dependent prompts and the learned `<back-view>` token (HeadSculpt Sec. 3.2)."""
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from headsculpt_engine.cameras import orbit_cameras
 from headsculpt_engine.config import ModelsConfig
 from headsculpt_engine.errors import InputError
 from headsculpt_engine.models.loading import load_diffusion_models
 from headsculpt_engine.models.text import view_prompt
+from headsculpt_engine.models.textual_inversion import save_embedding
 
 
 def test_view_prompt_words():
@@ -30,7 +30,7 @@ def test_back_view_token_file_replaces_back_view_words(tmp_path):
     dim = plain.text_encoder.config.hidden_size
     vector = torch.randn(dim, generator=torch.Generator().manual_seed(5))
     token_file = tmp_path / "back_view.safetensors"
-    save_file({"<back-view>": vector}, str(token_file))
+    save_embedding(token_file, "<back-view>", vector)  # as `headsculpt learn-token` writes it
 
     models = load_diffusion_models(ModelsConfig(base="tiny", back_view_token_file=str(token_file)), "cpu")
     token_id = models.tokenizer.convert_tokens_to_ids("<back-view>")
@@ -52,3 +52,15 @@ def test_back_view_token_file_replaces_back_view_words(tmp_path):
 def test_missing_token_file_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="learn-token"):
         load_diffusion_models(ModelsConfig(base="tiny", back_view_token_file=str(tmp_path / "none.bin")), "cpu")
+
+
+def test_text_embeddings_are_cached_per_prompt(monkeypatch):
+    models = load_diffusion_models(ModelsConfig(base="tiny"), "cpu")
+    calls = []
+    forward = models.text_encoder.forward
+    monkeypatch.setattr(models.text_encoder, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    first = models.prompts.embed(["a man, front view", "a man, side view", "a man, front view"])
+    again = models.prompts.embed(["a man, side view", "a man, front view"])
+    assert len(calls) == 1  # one encoder call for the two distinct prompts, none for the repeat
+    assert torch.equal(first[0], first[2]) and torch.equal(again[0], first[1])
+    assert not torch.equal(first[0], first[1])

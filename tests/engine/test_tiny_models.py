@@ -10,6 +10,7 @@ from headsculpt_engine.errors import InputError, ModelNotFoundError
 from headsculpt_engine.models import loading
 from headsculpt_engine.models.loading import load_diffusion_models, models_config_from_cli
 from headsculpt_engine.models.tiny import make_tiny_models
+from headsculpt_engine.paths import cache_dir
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -44,6 +45,7 @@ def test_tiny_models_load_through_the_pretrained_path(monkeypatch):
     monkeypatch.setattr(loading, "_from_pretrained", spy)
     models = load_diffusion_models(preset_config("tiny").models, "cpu", with_ip2p=True)
     folder = str(loading.tiny_models_dir())
+    assert folder == str(cache_dir() / "tiny-models")  # made once, in the engine cache
     assert ("UNet2DConditionModel", folder, "unet", False) in calls
     assert ("ControlNetModel", folder + "/face-controlnet", "diffusion_sd15", False) in calls
     assert ("ControlNetModel", folder + "/ip2p-controlnet", "", False) in calls

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from ..errors import InputError
 from .base import GuidanceInputs, NoisePrediction
 
 if TYPE_CHECKING:
@@ -199,8 +200,6 @@ class EditPredictor:
 
     def __call__(self, noisy, timesteps, latents, inputs: GuidanceInputs) -> BlendedPrediction:
         import torch
-
-        from ..errors import InputError
 
         if inputs.reference_images is None:
             raise InputError("Editing needs the pre-edit avatar's renders (reference_images) for each camera.")

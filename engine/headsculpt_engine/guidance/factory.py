@@ -1,6 +1,7 @@
 """Build the guidance a run asks for from its configuration and the loaded models."""
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Literal
 
 from .base import Guidance, GuidanceInputs, GuidanceOutput
@@ -35,6 +36,11 @@ class SsdPhases(Guidance):
         self.phase: Phase = "geometry"
         self.progress = 0.0
 
+    @property
+    def generator(self) -> "torch.Generator | None":
+        """The random stream both phases draw from (stages checkpoint it for an exact resume)."""
+        return self.geometry.generator
+
     def set_phase(self, phase: Phase, progress: float = 0.0) -> None:
         if phase not in ("geometry", "texture"):
             raise ValueError(f"Unknown SSD phase {phase!r}: 'geometry' or 'texture'.")
@@ -48,7 +54,7 @@ class SsdPhases(Guidance):
 
     def __call__(self, inputs: GuidanceInputs) -> GuidanceOutput:
         if inputs.t_range is None:
-            inputs = GuidanceInputs(**{**inputs.__dict__, "t_range": self.t_range()})
+            inputs = dataclasses.replace(inputs, t_range=self.t_range())
         return (self.geometry if self.phase == "geometry" else self.texture)(inputs)
 
 
@@ -61,8 +67,16 @@ def _landmark_predictor(cfg: "RunConfig", models: "DiffusionModels", prompt: str
     return LandmarkPredictor(models, prompt, negative, g.resolution, g.back_view_policy, g.controlnet_scale)
 
 
+def _generator(cfg: "RunConfig", generator: "torch.Generator | None") -> "torch.Generator":
+    """The given generator, else one seeded from the run's seed: a run's noise and timesteps then
+    depend on its seed alone, and stages can checkpoint the stream for an exact resume."""
+    import torch
+
+    return generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+
+
 def _distillation(cfg: "RunConfig", models: "DiffusionModels", predictor, scale: float,
-                  generator: "torch.Generator | None", baseline: str = "noise") -> ScoreDistillation:
+                  generator: "torch.Generator", baseline: str = "noise") -> ScoreDistillation:
     g = cfg.guidance
     codec = VaeCodec(models.vae, g.resolution, slicing=models.config.vae_slicing)
     return ScoreDistillation(codec, predictor, models.alphas_cumprod, guidance_scale=scale, t_range=g.t_range,
@@ -72,8 +86,10 @@ def _distillation(cfg: "RunConfig", models: "DiffusionModels", predictor, scale:
 def build_guidance(cfg: "RunConfig", models: "DiffusionModels", prompt: str | None = None,
                    generator: "torch.Generator | None" = None) -> Guidance:
     """Generation guidance: SDS with the landmark ControlNet (kind "sds"), or `SsdPhases` ("ssd").
-    `prompt` defaults to cfg.prompt; the guidance's prompt prefix is put in front."""
+    `prompt` defaults to cfg.prompt; the guidance's prompt prefix is put in front. Without a
+    `generator`, one seeded from cfg.seed (both SSD phases share it)."""
     g = cfg.guidance
+    generator = _generator(cfg, generator)
     text = _prompt(cfg, prompt)
     if g.kind == "sds":
         negative = cfg.negative_prompt or g.negative_prompt
@@ -94,6 +110,7 @@ def build_edit_guidance(cfg: "RunConfig", models: "DiffusionModels", prompt: str
     """IESD (HeadSculpt Eq. 7): w_e = `edit_scale` (default cfg.guidance.edit_scale) on the instruction's
     prediction, 1 - w_e on the original prompt's; needs models loaded with_ip2p=True."""
     g = cfg.guidance
+    generator = _generator(cfg, generator)
     identity = _landmark_predictor(cfg, models, g.prompt_prefix + prompt, cfg.negative_prompt or g.negative_prompt)
     weight = g.edit_scale if edit_scale is None else edit_scale
     predictor = EditPredictor(identity, instruction, weight, g.edit_guidance_scale, g.ip2p_scale)

@@ -45,14 +45,24 @@ class DiffusionModels:
 
 def tiny_models_dir() -> Path:
     """The engine's own tiny models, written on first use into the cache."""
+    import shutil
+    import tempfile
+
     from ..paths import cache_dir
     from .tiny import make_tiny_models
 
     folder = cache_dir() / "tiny-models"
     if not is_tiny_models_dir(folder):
-        staging = folder.with_name(folder.name + ".partial")
+        # Written aside and renamed into place, so that a half-written folder is never taken for a
+        # finished one, and two processes making them at once do not collide.
+        staging = Path(tempfile.mkdtemp(prefix="tiny-models.", dir=folder.parent))
         make_tiny_models(staging)
-        staging.replace(folder)  # atomic: a half-written folder is never taken for a finished one
+        try:
+            staging.rename(folder)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not is_tiny_models_dir(folder):
+                raise
     return folder
 
 

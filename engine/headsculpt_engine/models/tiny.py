@@ -62,6 +62,8 @@ def make_tiny_models(out_dir: Path, seed: int = 0) -> Path:
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=_WIDTHS, layers_per_block=1,
         norm_num_groups=8, sample_size=64,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    _make_encoder_recoverable(vae, seed)
+    _calibrate_latent_scale(vae, seed)
     torch.manual_seed(seed + 4)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=_TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
@@ -99,6 +101,64 @@ def _wake_zero_convs(controlnet, seed: int) -> None:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
         last = controlnet.controlnet_cond_embedding.conv_out
         last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * 0.05)
+
+
+def _make_encoder_recoverable(vae, seed: int) -> None:
+    """Give the tiny VAE's encoder a structure under which a render stays recoverable from its latents.
+
+    A random encoder loses most of the image (its latents match for images far apart), so score
+    distillation through it could not pull renders to a target. Here each 2x2 block's mean colour is
+    carried injectively into the block's 4 latent channels, as a real VAE keeps low frequencies:
+    residual branches and attention are silenced, the downsampling averages 2x2 blocks, and the
+    channel mixings are random matrices on the block's features (so the weights still come from the seed).
+    """
+    import torch
+
+    enc = vae.encoder
+    gen = torch.Generator().manual_seed(seed + 20)
+    width_in, width_out = _WIDTHS
+    with torch.no_grad():
+        for name, module in enc.named_modules():
+            if name.endswith(("conv2", "to_out.0")):
+                module.weight.zero_()
+                module.bias.zero_()
+
+        def centre_only(conv, matrix, bias=None):
+            conv.weight.zero_()
+            conv.weight[:, :, conv.weight.shape[2] // 2, conv.weight.shape[3] // 2] = matrix
+            if bias is not None:
+                conv.bias.copy_(bias)
+
+        # RGB -> features: each feature one colour channel with its own gain, offsets spread out so
+        # that the group norms' statistics hardly depend on the image.
+        rgb = torch.zeros(width_in, 3)
+        rgb[torch.arange(width_in), torch.arange(width_in) % 3] = 1.0 + 0.5 * torch.rand(width_in, generator=gen)
+        centre_only(enc.conv_in, rgb, torch.linspace(-1.0, 1.0, width_in))
+        down = enc.down_blocks[0].downsamplers[0].conv  # padded (0, 1, 0, 1), stride 2: taps 0..1 x 0..1
+        down.weight.zero_()
+        down.weight[torch.arange(width_in), torch.arange(width_in), :2, :2] = 0.25
+        down.bias.zero_()
+        shortcut = enc.down_blocks[1].resnets[0].conv_shortcut  # width_in -> width_out, 1x1
+        q, _ = torch.linalg.qr(torch.randn(width_out, width_in, generator=gen))
+        shortcut.weight.copy_(q.view(width_out, width_in, 1, 1))
+        shortcut.bias.zero_()
+        mix = torch.randn(2 * vae.config.latent_channels, width_out, generator=gen) / width_out ** 0.5
+        centre_only(enc.conv_out, mix, torch.zeros(2 * vae.config.latent_channels))
+        vae.quant_conv.weight.copy_(torch.eye(2 * vae.config.latent_channels).view(*vae.quant_conv.weight.shape))
+        vae.quant_conv.bias.zero_()
+
+
+def _calibrate_latent_scale(vae, seed: int) -> None:
+    """Set the VAE's scaling factor so that scaled latents have unit standard deviation, the rule by
+    which Stable Diffusion's 0.18215 was chosen (rounded, so that the config is the same everywhere)."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(seed + 30)
+    images = F.interpolate(torch.rand(8, 3, 8, 8, generator=gen), size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        latents = vae.encode(images * 2.0 - 1.0).latent_dist.mean
+    vae.register_to_config(scaling_factor=round(1.0 / float(latents.std()), 3))
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -1,0 +1,294 @@
+"""The coarse stage: a NeRF on the head prior distilled with the landmark ControlNet (HeadSculpt
+Sec. 3.1-3.2, Table 2, appendix A.1).
+
+`run_coarse` trains it through `run_stage` (progress, cancel, checkpoints, exact resume, previews)
+and writes `coarse_mesh.obj`; `load_coarse` gives the trained field back to the fine stage.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field as dataclass_field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cameras import Cameras, preview_cameras, sample_cameras
+from ..config import CoarseConfig, RunConfig
+from ..errors import HeadSculptError, InputError
+from ..guidance.base import Guidance, GuidanceInputs
+from ..nerf.background import Background
+from ..nerf.field import HeadField
+from ..nerf.occupancy import OccupancyGrid
+from ..nerf.render import RenderOutput, RenderSettings, render
+from .loop import CHECKPOINT_NAME, RunCallbacks, StageSchedule, load_checkpoint, run_stage
+
+MESH_NAME = "coarse_mesh.obj"
+
+
+@dataclass
+class CoarseModel:
+    """The trainable parts of the coarse stage: field, background and occupancy grid."""
+
+    cfg: CoarseConfig
+    field: HeadField
+    background: Background
+    grid: OccupancyGrid
+
+    @classmethod
+    def create(cls, cfg: CoarseConfig, prior, device, backend: str | None = None,
+               init_grid: bool = True) -> "CoarseModel":
+        """A fresh model; its occupancy grid starts from the prior unless a checkpoint will replace it."""
+        head = HeadField(cfg, prior, device=device, backend=backend)
+        grid = OccupancyGrid(cfg.occupancy_grid_resolution, cfg.bound, cfg.density_threshold,
+                             cfg.occupancy_decay).to(device)
+        if init_grid:
+            grid.init_from_prior(head.density, prior.signed_distance)
+        return cls(cfg, head, Background(cfg.background).to(device), grid)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.field.parameters(), *self.background.parameters()]
+
+    def render(self, cameras: Cameras, shading: str = "albedo", light_dirs: torch.Tensor | None = None,
+               perturb: bool = False, regularisers: bool = False, gradient_shading: bool | None = None,
+               generator: torch.Generator | None = None) -> RenderOutput:
+        """Render `cameras`; `regularisers` also computes the penalties whose lambdas are > 0."""
+        c = self.cfg
+        if gradient_shading is None:
+            gradient_shading = c.shading_normals == "gradient" and shading in ("lambertian", "textureless", "normal")
+        settings = RenderSettings(samples=c.samples_per_ray, bound=c.bound, ambient=c.ambient, shading=shading,
+                                  perturb=perturb, orientation=regularisers and c.lambda_orientation > 0,
+                                  normal_consistency=regularisers and c.lambda_normal_consistency > 0,
+                                  gradient_shading=gradient_shading)
+        return render(self.field, self.grid, self.background, cameras, settings, light_dirs, generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"backend": self.field.backend, "field": self.field.state_dict(),
+                "background": self.background.state_dict(), "grid": self.grid.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["backend"] != self.field.backend:
+            raise InputError(f"This coarse checkpoint was trained with the {state['backend']} hash grid, which "
+                             f"cannot be loaded into the {self.field.backend} one; resume on a machine that has it.")
+        self.field.load_state_dict(state["field"])
+        self.background.load_state_dict(state["background"])
+        self.grid.load_state_dict(state["grid"])
+
+    @torch.no_grad()
+    def density_volume(self, resolution: int, chunk: int = 1 << 18) -> torch.Tensor:
+        """Density at the vertices of a resolution^3 lattice over the scene cube, indexed [x, y, z];
+        points in empty occupancy cells are not evaluated (their density is below the threshold)."""
+        device = self.grid.estimates.device
+        axis = torch.linspace(-self.cfg.bound, self.cfg.bound, resolution, device=device)
+        x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+        points = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
+        sigma = torch.zeros(points.shape[0], device=device)
+        for start in range(0, points.shape[0], chunk):
+            part = points[start:start + chunk]
+            keep = self.grid.occupied(part).nonzero().squeeze(1)
+            if keep.numel():
+                sigma[start + keep] = self.field.density(part[keep]).float()
+        return sigma.view(resolution, resolution, resolution)
+
+    def extract_mesh(self, resolution: int) -> tuple["np.ndarray", "np.ndarray"]:  # noqa: F821
+        """Marching cubes of the density at the density threshold: vertices (normalised frame), faces."""
+        from skimage.measure import marching_cubes
+
+        volume = self.density_volume(resolution).cpu().numpy()
+        level = self.cfg.density_threshold
+        if not (volume.min() < level < volume.max()):
+            raise HeadSculptError("The coarse NeRF has no surface at the density threshold, so no mesh can be "
+                                  "extracted; lower coarse.density_threshold or retrain with another seed.")
+        spacing = (2.0 * self.cfg.bound / (resolution - 1),) * 3
+        vertices, faces, _, _ = marching_cubes(volume, level=level, spacing=spacing)
+        return vertices - self.cfg.bound, faces
+
+
+@dataclass
+class CoarseResult:
+    out_dir: Path
+    checkpoint: Path
+    mesh: Path
+    previews: list[Path]
+    timings: dict[str, float] = dataclass_field(default_factory=dict)
+
+
+def resolve_device(device) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class CoarseStage:
+    """One coarse-stage optimisation as a `TrainableStage`."""
+
+    name = "coarse"
+
+    def __init__(self, cfg: RunConfig, prior, guidance: Guidance, device):
+        self.cfg = cfg
+        self.c = cfg.coarse
+        self.prior = prior
+        self.guidance = guidance
+        self.device = resolve_device(device)
+        self.total_iterations = self.c.iterations
+        # Every random draw of the stage comes from this CPU generator (its state is checkpointed).
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        with torch.random.fork_rng(devices=[]):  # seeded parameter initialisation, global RNG untouched
+            torch.manual_seed(cfg.seed)
+            self.model = CoarseModel.create(self.c, prior, self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.c.lr, betas=self.c.betas,
+                                          weight_decay=self.c.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
+        self.seconds = {"render": 0.0, "guidance": 0.0, "backward": 0.0}
+        self.steps_timed = 0
+        self.last_samples_evaluated = 0
+
+    # --- one step -----------------------------------------------------------------------------------
+
+    def shading_for(self, iteration: int) -> str:
+        """Albedo during warm-up; then a mix of albedo-only, textureless and lambertian iterations."""
+        if iteration < self.c.albedo_warmup:
+            return "albedo"
+        u = float(torch.rand(1, generator=self.generator))
+        if u < self.c.albedo_ratio:
+            return "albedo"
+        if u < self.c.albedo_ratio + self.c.textureless_ratio:
+            return "textureless"
+        return "lambertian"
+
+    def light_dirs(self, cameras: Cameras) -> torch.Tensor:
+        """A random light near each camera's side of the head, as DreamFusion samples it."""
+        jitter = torch.randn(len(cameras), 3, generator=self.generator).to(self.device)
+        return torch.nn.functional.normalize(cameras.positions().float() + 0.5 * jitter, dim=-1)
+
+    def _tick(self, key: str, since: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[key] += now - since
+        return now
+
+    def step(self, iteration: int) -> float:
+        c = self.c
+        if iteration > 0 and iteration % c.occupancy_update_every == 0:
+            self.model.grid.update(self.model.field.density, self.generator)
+        began = time.perf_counter()
+        cameras = sample_cameras(self.cfg.camera, c.batch, c.resolution, c.resolution,
+                                 generator=self.generator, device=self.device)
+        shading = self.shading_for(iteration)
+        lights = self.light_dirs(cameras)
+        out = self.model.render(cameras, shading, lights, perturb=True, regularisers=True, generator=self.generator)
+        now = self._tick("render", began)
+        self.last_samples_evaluated = out.samples_evaluated
+        g = self.cfg.guidance.resolution
+        landmarks = self.prior.landmark_maps(cameras.with_size(g, g), policy=self.cfg.guidance.back_view_policy)
+        guided = self.guidance(GuidanceInputs(images=out.image, cameras=cameras,
+                                              landmark_maps=landmarks.to(self.device)))
+        loss = guided.loss
+        if c.lambda_entropy > 0:
+            o = out.opacity.clamp(1e-5, 1.0 - 1e-5)
+            loss = loss + c.lambda_entropy * (-(o * o.log() + (1 - o) * (1 - o).log())).mean()
+        if c.lambda_orientation > 0:
+            loss = loss + c.lambda_orientation * out.orientation
+        if c.lambda_normal_consistency > 0:
+            loss = loss + c.lambda_normal_consistency * out.normal_consistency
+        now = self._tick("guidance", now)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self._tick("backward", now)
+        self.steps_timed += 1
+        return float(loss.detach())
+
+    def phase_timings(self) -> dict[str, float]:
+        """Mean seconds per iteration of rendering, guidance and backward (this process's steps)."""
+        n = max(self.steps_timed, 1)
+        return {f"{key}_seconds_per_iteration": value / n for key, value in self.seconds.items()}
+
+    # --- state --------------------------------------------------------------------------------------
+
+    def _guidance_generator(self) -> torch.Generator | None:
+        generator = getattr(self.guidance, "generator", None)
+        return generator if isinstance(generator, torch.Generator) else None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "generator": self.generator.get_state()}
+        guidance_generator = self._guidance_generator()
+        if guidance_generator is not None:
+            state["guidance_generator"] = guidance_generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"].cpu())
+        guidance_generator = self._guidance_generator()
+        if guidance_generator is not None and "guidance_generator" in state:
+            guidance_generator.set_state(state["guidance_generator"].cpu())
+
+    # --- previews -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def save_preview(self, iteration: int, directory: Path) -> Path:
+        return save_preview(self.model, self.c.resolution, directory / f"coarse_{iteration:06d}.png")
+
+
+def save_preview(model: CoarseModel, size: int, path: Path) -> Path:
+    """Front, side and back views side by side in one PNG: albedo on top, and below them the shape
+    (textureless, lit from the camera), which shows the geometry while the colours are still flat."""
+    from PIL import Image
+
+    cameras = preview_cameras(size, size, device=model.grid.estimates.device)
+    lights = torch.nn.functional.normalize(cameras.positions().float(), dim=-1)
+    with torch.no_grad():
+        rows = [model.render(cameras, "albedo").image,
+                model.render(cameras, "textureless", lights, gradient_shading=True).image]
+    grid = torch.cat([torch.cat(list(row.clamp(0, 1)), dim=2) for row in rows], dim=1)  # (3, 2H, 3W)
+    pixels = (grid.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype("uint8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray(pixels).save(tmp)
+    tmp.replace(path)
+    return path
+
+
+def write_mesh(model: CoarseModel, path: Path) -> Path:
+    import trimesh
+
+    vertices, faces = model.extract_mesh(model.cfg.mesh_resolution)
+    tmp = path.with_suffix(".tmp.obj")
+    trimesh.Trimesh(vertices=vertices, faces=faces, process=False).export(tmp, file_type="obj")
+    tmp.replace(path)
+    return path
+
+
+def run_coarse(cfg: RunConfig, prior, guidance: Guidance, out_dir: Path, callbacks: RunCallbacks | None = None,
+               device=None) -> CoarseResult:
+    """Train (or resume) the coarse stage in `out_dir`; write its checkpoint, previews and mesh."""
+    out_dir = Path(out_dir)
+    stage = CoarseStage(cfg, prior, guidance, device)
+    schedule = StageSchedule(checkpoint_every=cfg.coarse.checkpoint_every, preview_every=cfg.coarse.preview_every)
+    timings = run_stage(stage, out_dir, callbacks, schedule, device=stage.device)
+    began = time.perf_counter()
+    mesh = write_mesh(stage.model, out_dir / MESH_NAME)
+    timings["mesh_seconds"] = time.perf_counter() - began
+    timings.update(stage.phase_timings())
+    previews = sorted((out_dir / "previews").glob("*.png"))
+    return CoarseResult(out_dir=out_dir, checkpoint=out_dir / CHECKPOINT_NAME, mesh=mesh, previews=previews,
+                        timings=timings)
+
+
+def load_coarse(out_dir: Path, cfg: RunConfig, prior, device=None) -> CoarseModel:
+    """The trained coarse model of a finished (or interrupted) run, for the fine stage."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        raise InputError(f"No coarse checkpoint at {path}; run the coarse stage first.")
+    device = resolve_device(device)
+    state = load_checkpoint(path, device)["stage"]["model"]
+    model = CoarseModel.create(cfg.coarse, prior, device, backend=state["backend"], init_grid=False)
+    model.load_state_dict(state)
+    return model
