@@ -135,6 +135,8 @@ class FineStage:
         if faces.shape[0] == 0:
             raise InputError("The fine stage's surface vanished (the SDF has one sign everywhere); "
                              "start again from the coarse run or lower fine.lr.")
+        # A plain white background: the mesh's silhouette is explicit, so a learned background (as the
+        # coarse NeRF has) is not needed to keep density out of empty space.
         images, _ = render_mesh(self.rasterizer, vertices, faces, cameras, self.colour.albedo, shading,
                                 light_dirs, ambient=self.cfg.coarse.ambient)
         return images, vertices, faces
@@ -208,16 +210,18 @@ class FineStage:
         return vertices.detach().float().cpu(), faces.cpu()
 
 
-def density_to_sdf(density_fn: Callable[[torch.Tensor], torch.Tensor], threshold: float,
+def density_to_sdf(density_fn: Callable[[torch.Tensor], torch.Tensor], threshold: float, step: float,
                    limit: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A signed-distance estimate from a density field: (threshold - density) / |grad density|,
+    """A signed-distance estimate from a density field: (threshold - density) / |grad density|, the
+    gradient by central differences of `step` (the field's prior term carries no autograd gradient),
     negative inside the level set, clamped to +-limit where the density is flat."""
+    offsets = torch.eye(3) * step
+
     def sdf(points: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            x = points.detach().requires_grad_(True)
-            density = density_fn(x).reshape(-1)
-            (grad,) = torch.autograd.grad(density.sum(), x)
-        dist = (threshold - density.detach()) / grad.norm(dim=-1).clamp_min(1e-6)
+        density = density_fn(points).reshape(-1).float()
+        grad = torch.stack([(density_fn(points + d.to(points)).reshape(-1) - density_fn(points - d.to(points)).reshape(-1))
+                            for d in offsets], dim=-1).float() / (2.0 * step)
+        dist = (threshold - density) / grad.norm(dim=-1).clamp_min(1e-6)
         return dist.clamp(-limit, limit)
 
     return sdf
@@ -229,22 +233,22 @@ def _initial_fields(cfg: "RunConfig", prior, coarse_dir: Path | None, device, co
         from .coarse import load_coarse
 
         field_ = load_coarse(Path(coarse_dir), cfg, prior, device).field
-        sdf_fn = density_to_sdf(field_.density, cfg.fine.density_threshold)
+        cell = 2.0 * cfg.coarse.bound / cfg.fine.tet_resolution
+        sdf_fn = density_to_sdf(field_.density, cfg.fine.density_threshold, step=0.5 * cell)
         return (colour if colour is not None else field_), sdf_fn
     if colour is None:
         from ..nerf.field import HeadField
 
-        colour = HeadField(cfg.coarse, prior).to(device)
+        colour = HeadField(cfg.coarse, prior, device=device)
     return colour, prior.signed_distance
 
 
-def run_fine(cfg: "RunConfig", prior, guidance: "Guidance | None", out_dir: Path,
-             callbacks: RunCallbacks | None = None, device="cpu", coarse_dir: Path | None = None,
-             colour=None) -> FineResult:
-    """Train (or resume, or load when finished) the fine stage in `out_dir`.
+def build_fine_stage(cfg: "RunConfig", prior, guidance: "Guidance | None", device="cpu",
+                     coarse_dir: Path | None = None, colour=None, stage_class: type | None = None,
+                     **options: Any) -> FineStage:
+    """The fine stage at its start (from the coarse run, or the prior), before any checkpoint is loaded.
 
-    `colour` replaces the colour field (by default the coarse run's `HeadField`, or a fresh one).
-    A finished checkpoint is loaded without training, so `guidance` may then be None.
+    `stage_class` (a FineStage subclass) and its `options` let the SSD phases and edits reuse it.
     """
     from ..mesh.tets import band_grid
 
@@ -256,8 +260,20 @@ def run_fine(cfg: "RunConfig", prior, guidance: "Guidance | None", out_dir: Path
         raise InputError("The initial shape has no surface inside the fine stage's grid; check the prior "
                          "(it must be a closed head inside the unit sphere once normalised) or the coarse run.")
     geometry = DMTetGeometry(grid, sdf, cfg.fine.max_offset_cells).to(device)
-    stage = FineStage(cfg, prior, guidance, colour, geometry, device)
+    return (stage_class or FineStage)(cfg, prior, guidance, colour, geometry, device, **options)
+
+
+def run_fine(cfg: "RunConfig", prior, guidance: "Guidance | None", out_dir: Path,
+             callbacks: RunCallbacks | None = None, device="cpu", coarse_dir: Path | None = None,
+             colour=None) -> FineResult:
+    """Train (or resume, or load when finished) the fine stage in `out_dir`.
+
+    `colour` replaces the colour field (by default the coarse run's `HeadField`, or a fresh one).
+    A finished checkpoint is loaded without training, so `guidance` may then be None.
+    """
+    device = torch.device(device)
+    stage = build_fine_stage(cfg, prior, guidance, device, coarse_dir, colour)
     timings = run_stage(stage, Path(out_dir), callbacks,
                         StageSchedule(cfg.fine.checkpoint_every, cfg.fine.preview_every), device)
     vertices, faces = stage.mesh()
-    return FineResult(vertices=vertices, faces=faces, colour=colour, timings=timings)
+    return FineResult(vertices=vertices, faces=faces, colour=stage.colour, timings=timings)
