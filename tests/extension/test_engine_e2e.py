@@ -75,6 +75,7 @@ def check_avatar(bpy, avatar, prior, prompt: str):
     assert avatar[PROP_PRIOR] == prior.name
     assert "HeadSculpt" in [c.name for c in avatar.users_collection]
     iou = box_iou(world_bounds(avatar), world_bounds(prior))
+    print(f"\n{prior.name}: {len(avatar.data.polygons)} faces, world bounding-box IoU with the prior {iou:.3f}")
     assert iou >= 0.7, f"world bounding boxes of avatar and prior overlap with IoU {iou:.2f}"
     return iou
 
