@@ -55,7 +55,7 @@ def checked_prior(context):
 def checked_text(text: str, what: str) -> str:
     text = text.strip()
     if not text:
-        raise Refusal(f"Type {what} first.")
+        raise Refusal(f"Type {'an' if what[0] in 'aeiou' else 'a'} {what} first.")
     if len(text) > MAX_TEXT:
         raise Refusal(f"The {what} is {len(text)} characters long; the engine takes at most {MAX_TEXT}.")
     return text
@@ -111,8 +111,8 @@ class HEADSCULPT_OT_generate(_HeadSculptOperator):
         scene = context.scene
         st = state(scene)
         prior = checked_prior(context)
-        checked_text(st.prompt, "a prompt")
-        prompt = checked_text(full_prompt(st), "a prompt")
+        checked_text(st.prompt, "prompt")
+        prompt = checked_text(full_prompt(st), "prompt")
         checked_idle(scene)
         engine = settings(context)
         vertices, faces, landmarks = prior_payload(context, prior)
@@ -153,7 +153,7 @@ class HEADSCULPT_OT_edit(_HeadSculptOperator):
         source = context.active_object
         if not is_avatar(source):
             raise Refusal("Select a HeadSculpt avatar to edit.")
-        instruction = checked_text(st.edit_instruction, "an instruction")
+        instruction = checked_text(st.edit_instruction, "instruction")
         checked_idle(scene)
         engine = settings(context)
         job = {"kind": "edit", "parent_job_id": source[PROP_JOB], "instruction": instruction,

@@ -382,3 +382,16 @@ def test_prior_deleted_during_the_job_is_reported(bpy, scene, flame_template):
         assert "the prior object is gone from the scene" in st.last_error
         assert jobs.poll_step(scene) is False  # polling stops; the download stays in the user folder
         assert [o for o in bpy.data.objects if o.get("headsculpt_job_id")] == []
+
+
+def test_prompt_and_instruction_limits(bpy, scene, flame_template):
+    st = scene.headsculpt
+    st.prior = import_flame(bpy, flame_template)
+    st.prompt = "x" * 495  # 505 characters with the "a head of" prefix
+    assert "The prompt is 505 characters long; the engine takes at most 500." in refused(bpy.ops.headsculpt.generate)
+    avatar = bpy.data.objects.new("avatar", st.prior.data.copy())
+    avatar["headsculpt_job_id"] = "job1"
+    scene.collection.objects.link(avatar)
+    bpy.context.view_layer.objects.active = avatar
+    st.edit_instruction = ""
+    assert "Type an instruction first." in refused(bpy.ops.headsculpt.edit)
