@@ -235,3 +235,18 @@ def test_landmark_index_files(tmp_path):
         load_landmark_indices(tmp_path / "objects.npy", 5023)
     with pytest.raises(ValueError, match="cannot be read"):
         load_landmark_indices(tmp_path / "missing.json", 5023)
+
+
+def test_unregister_stops_the_local_engine(tmp_path, addon):
+    from headsculpt_blender import engine
+
+    settings = engine.EngineSettings(python=str(fake_engine_python(tmp_path)), data_dir=str(tmp_path / "data"))
+    engine.LOCAL.start(settings)
+    engine.LOCAL.wait_ready(settings, timeout_s=60)
+    process = engine.LOCAL._process
+    assert process.poll() is None
+    addon.unregister()
+    try:
+        assert process.poll() is not None and not engine.LOCAL.running
+    finally:
+        addon.register()
