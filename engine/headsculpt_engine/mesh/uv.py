@@ -43,6 +43,8 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: 
            timeout_s: float = 120.0) -> UnwrappedMesh:
     """xatlas charts and packing for a texture of `texture_size` texels, in a child process; the box
     unwrap when xatlas crashes or takes longer than `timeout_s`."""
+    if multiprocessing.current_process().daemon:  # a daemonic process may not start children
+        return xatlas_unwrap(vertices, faces, texture_size, padding)
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_xatlas_child, args=(sender, vertices, faces, texture_size, padding), daemon=True)
