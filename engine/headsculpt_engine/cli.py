@@ -12,6 +12,7 @@ from .errors import HeadSculptError
 # Subcommand modules under headsculpt_engine.commands, in the order `--help` lists them.
 COMMANDS = [
     "generate",
+    "edit",
     "learn_token",
     "make_tiny_models",
     "landmarks",

@@ -71,6 +71,9 @@ class GuidanceConfig:
     # not state it; 7.5 is InstructPix2Pix's own default text guidance scale.
     edit_guidance_scale: float = 7.5
     ip2p_scale: float = 1.0  # conditioning scale of the InstructPix2Pix ControlNet
+    # How `edit` distils: "iesd" (Eq. 7), or the paper's ablations "b3" (a new fine stage guided by plain
+    # SDS with the instruction-altered prompt, no InstructPix2Pix) and "b5" (IESD with w_e = 1).
+    edit_mode: Literal["iesd", "b3", "b5"] = "iesd"
 
 
 @dataclass

@@ -78,6 +78,24 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _start_record(run_dir: Path, cfg: RunConfig, prior: "HeadPrior", kind: str, **identity: Any) -> RunRecord:
+    """Open (or resume) `run_dir/run.json`. A run folder holds one run: resuming it with other settings,
+    or (for an edit) another parent or instruction, is refused rather than mixed."""
+    record = RunRecord(run_dir)
+    # Compared as run.json holds them (JSON has lists where the config has tuples).
+    expected = json.loads(json.dumps({"config": cfg.to_dict(), **identity}))
+    if record.data.get("config") and any(record.data.get(key) != value for key, value in expected.items()):
+        raise InputError(f"{run_dir} holds a run with other settings; resume it with the same settings "
+                         "or choose another output folder.")
+    if not (run_dir / "prior").exists():
+        prior.save(run_dir / "prior")
+    record.update(kind=kind, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
+                  seed=cfg.seed, preset=cfg.preset, guidance=cfg.guidance.kind, config=cfg.to_dict(),
+                  prior={"hash": prior.content_hash, "is_flame": prior.is_flame}, versions=library_versions(),
+                  created_at=record.data.get("created_at", time.time()), status="running", **identity)
+    return record
+
+
 def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCallbacks | None = None,
              stages: Iterable[str] = STAGES, coarse_dir: Path | None = None) -> Path:
     """Run (or resume) the given stages in `run_dir`; return the directory with the exported avatar.
@@ -85,10 +103,10 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
     `coarse_dir` lets a fine stage start from another run's coarse stage.
     """
     from .guidance.factory import build_guidance
-    from .mesh.export import export_avatar
     from .models.loading import load_diffusion_models
     from .stages.coarse import run_coarse
     from .stages.fine import run_fine
+    from .stages.ssd import run_ssd
 
     stages = tuple(stages)
     unknown = set(stages) - set(STAGES)
@@ -100,17 +118,17 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
 
-    record = RunRecord(run_dir)
-    if record.data.get("config") and record.data["config"] != cfg.to_dict():
-        raise InputError(f"{run_dir} holds a run with other settings; resume it with the same settings "
-                         "or choose another output folder.")
-    if not (run_dir / "prior").exists():
-        prior.save(run_dir / "prior")
-    record.update(kind=record.data.get("kind", "generate"), prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
-                  seed=cfg.seed, preset=cfg.preset, guidance=cfg.guidance.kind, config=cfg.to_dict(),
-                  prior={"hash": prior.content_hash, "is_flame": prior.is_flame}, versions=library_versions(),
-                  created_at=record.data.get("created_at", time.time()), status="running")
+    record = _start_record(run_dir, cfg, prior, kind="generate")
     timings: dict[str, float] = dict(record.data.get("timings", {}))
+
+    ssd = cfg.guidance.kind == "ssd"
+    if ssd and "coarse" in stages:
+        # HeadArtist distils a DMTet directly from the parametric head, with no NeRF before it: its
+        # geometry phase shapes the mesh from normal maps, and a coarse NeRF distilled by SDS would only
+        # replace the prior's shape by one that SSD did not make. SSD runs start DMTet from the prior.
+        if stages == ("coarse",):
+            raise InputError("SSD guidance has no coarse stage; run the fine stage (geometry, then texture).")
+        stages = tuple(name for name in stages if name != "coarse")
 
     _seed_everything(cfg.seed)
     models = load_diffusion_models(cfg.models, device) if {"coarse", "fine"} & set(stages) else None
@@ -122,7 +140,11 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
         timings["coarse"] = result.timings["seconds"]
         record.update(timings=timings)
     fine_result = None
-    if "fine" in stages or "export" in stages:
+    if ssd and "fine" in stages:
+        fine_result, stage_timings = run_ssd(cfg, prior, guidance, run_dir, callbacks, device)
+        timings.update(stage_timings)
+        record.update(timings=timings)
+    elif "fine" in stages or "export" in stages:
         if "fine" not in stages and not (run_dir / "fine" / "checkpoint.pt").exists():
             raise InputError(f"{run_dir} has no finished fine stage to export; run the fine stage first.")
         # Export alone passes no guidance: the finished fine checkpoint is loaded, not trained.
@@ -133,12 +155,109 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
             record.update(timings=timings)
     result_dir = run_dir / "result"
     if "export" in stages:
-        started = time.perf_counter()
-        description = {key: record.data.get(key) for key in
-                       ("kind", "prompt", "negative_prompt", "seed", "preset", "guidance", "prior", "versions",
-                        "parent", "instruction")}
-        description.update(config=cfg.to_dict(), timings=timings)
-        export_avatar(fine_result, prior, cfg.export, result_dir, description)
-        timings["export"] = time.perf_counter() - started
+        _export(fine_result, prior, cfg, record, result_dir, timings)
     record.update(timings=timings, status="done" if "export" in stages else "partial")
     return result_dir
+
+
+def _export(fine_result, prior: "HeadPrior", cfg: RunConfig, record: RunRecord, result_dir: Path,
+            timings: dict[str, float]) -> None:
+    """Export the avatar with its description (avatar.json): what run.json says of it, and the config."""
+    from .mesh.export import export_avatar
+
+    started = time.perf_counter()
+    description = {key: record.data.get(key) for key in
+                   ("kind", "prompt", "negative_prompt", "seed", "preset", "guidance", "prior", "versions",
+                    "parent", "instruction", "edit_mode")}
+    description.update(config=cfg.to_dict(), timings=timings)
+    export_avatar(fine_result, prior, cfg.export, result_dir, description)
+    timings["export"] = time.perf_counter() - started
+
+
+EDIT_MODES = ("iesd", "b3", "b5")
+
+
+def parent_record(parent_run_dir: Path) -> dict[str, Any]:
+    """The run.json of a finished run, as the parent of an edit; InputError when the folder is not one."""
+    parent = Path(parent_run_dir)
+    path = parent / "run.json"
+    if not path.is_file():
+        raise InputError(f"{parent} is not a run folder (it has no run.json); pass the folder a generation wrote.")
+    data = json.loads(path.read_text())
+    if data.get("status") != "done" or not (parent / "fine" / "checkpoint.pt").is_file() \
+            or not (parent / "prior").is_dir() or "config" not in data:
+        raise InputError(f"The run in {parent} is not finished; finish it (run its command again to resume) "
+                         "before editing it.")
+    return data
+
+
+def edit_prompt(prompt: str, instruction: str) -> str:
+    """The instruction-altered prompt of ablation B3 and of SSD edits: guidance from text alone has no
+    pre-edit image to apply an instruction to, so the instruction joins the prompt."""
+    return f"{prompt}, {instruction}"
+
+
+def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
+         callbacks: RunCallbacks | None = None) -> Path:
+    """Edit the avatar of the finished run `parent_run_dir` by `instruction` into `run_dir` (resumable);
+    return the directory with the exported, edited avatar.
+
+    cfg.guidance.edit_mode picks IESD (HeadSculpt Eq. 7, w_e = cfg.guidance.edit_scale), or the ablations
+    B3 (plain SDS with the instruction-altered prompt) and B5 (w_e = 1). With cfg.guidance.kind "ssd" the
+    edit is HeadArtist's: SSD with the instruction-altered prompt, vertex offsets on the fixed SDF, then
+    texture. The prompt, the prior and the avatar's representation come from the parent.
+    """
+    from .guidance.factory import build_edit_guidance, build_guidance
+    from .models.loading import load_diffusion_models
+    from .prior import HeadPrior
+    from .stages.edit import run_edit
+
+    parent = Path(parent_run_dir).resolve()
+    data = parent_record(parent)
+    instruction = validate_prompt(instruction, what="instruction")
+    g = cfg.guidance
+    if g.edit_mode not in EDIT_MODES:
+        raise InputError(f"Unknown edit mode {g.edit_mode!r}: choose one of {', '.join(EDIT_MODES)}.")
+    if g.kind == "ssd" and g.edit_mode != "iesd":
+        raise InputError(f"Edit mode {g.edit_mode} is an ablation of IESD and uses SDS guidance; drop the mode "
+                         "or use SDS guidance.")
+    if g.edit_mode == "b5":
+        g.edit_scale = 1.0
+    if not 0.0 <= g.edit_scale <= 1.0:
+        raise InputError(f"The edit scale w_e is {g.edit_scale}; choose a value from 0 (keep the avatar) to 1 "
+                         "(follow only the instruction).")
+    parent_cfg = RunConfig.from_dict(data["config"])
+    cfg.prompt, cfg.negative_prompt = parent_cfg.prompt, parent_cfg.negative_prompt
+    # The edit goes on training the parent's avatar, so it keeps its representation: the tet grid and
+    # the colour field (whose architecture the coarse section describes).
+    cfg.coarse = parent_cfg.coarse
+    cfg.fine.tet_resolution = parent_cfg.fine.tet_resolution
+    cfg.fine.max_offset_cells = parent_cfg.fine.max_offset_cells  # scales the stored offsets
+    callbacks = callbacks or RunCallbacks()
+    run_dir = Path(run_dir)
+    if run_dir.resolve() == parent:
+        raise InputError("The edit's output folder is its parent run; choose another folder (an edit never "
+                         "overwrites the avatar it starts from).")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+
+    prior = HeadPrior.load(parent / "prior")
+    method = "ssd" if g.kind == "ssd" else g.edit_mode
+    record = _start_record(run_dir, cfg, prior, kind="edit", parent=str(parent), parent_prompt=data.get("prompt"),
+                           instruction=instruction, edit_mode=method)
+    timings: dict[str, float] = dict(record.data.get("timings", {}))
+
+    _seed_everything(cfg.seed)
+    iesd = method in ("iesd", "b5")
+    models = load_diffusion_models(cfg.models, device, with_ip2p=iesd)
+    if iesd:
+        guidance = build_edit_guidance(cfg, models, cfg.prompt, instruction, g.edit_scale)
+    else:
+        guidance = build_guidance(cfg, models, prompt=edit_prompt(cfg.prompt, instruction))
+    fine_result, stage_timings = run_edit(cfg, prior, guidance, parent / "fine", run_dir, callbacks, device,
+                                          reference=iesd)
+    timings.update(stage_timings)
+    record.update(timings=timings)
+    _export(fine_result, prior, cfg, record, run_dir / "result", timings)
+    record.update(timings=timings, status="done")
+    return run_dir / "result"

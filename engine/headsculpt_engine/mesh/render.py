@@ -2,7 +2,8 @@
 
 Shading follows the coarse stage (DreamFusion-style): "albedo" shows the colour field as is,
 "lambertian" multiplies it by ambient + diffuse light, "textureless" shades a white surface so the
-guidance judges the geometry alone.
+guidance judges the geometry alone. "normal" shows world-space unit normals mapped to [0, 1]
+(n / 2 + 1/2), the normal maps HeadArtist's SSD distils geometry from.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
     from ..cameras import Cameras
 
-Shading = Literal["albedo", "lambertian", "textureless"]
+Shading = Literal["albedo", "lambertian", "textureless", "normal"]
 AlbedoFn = Callable[["torch.Tensor"], "torch.Tensor"]  # points (N, 3) -> colours (N, 3) in [0, 1]
 
 
@@ -43,12 +44,16 @@ def render_mesh(rasterizer: Rasterizer, vertices: "torch.Tensor", faces: "torch.
     mask = raster.mask
     batch = mask.shape[0]
     colour = vertices.new_zeros((*mask.shape, 3))
-    if shading != "textureless" and bool(mask.any()):
+    if shading == "normal":
+        normals = torch.nn.functional.normalize(rasterizer.interpolate(vertex_normals(vertices, faces), raster, faces),
+                                                dim=-1, eps=1e-12)
+        colour = normals * 0.5 + 0.5
+    elif shading != "textureless" and bool(mask.any()):
         points = rasterizer.interpolate(vertices, raster, faces)[mask]
         colour = colour.index_put((mask,), albedo_fn(points).to(colour.dtype))
     elif shading == "textureless":
         colour = colour + 1.0
-    if shading != "albedo":
+    if shading not in ("albedo", "normal"):
         normals = torch.nn.functional.normalize(rasterizer.interpolate(vertex_normals(vertices, faces), raster, faces),
                                                 dim=-1, eps=1e-12)
         if light_dirs is None:

@@ -243,13 +243,12 @@ def _initial_fields(cfg: "RunConfig", prior, coarse_dir: Path | None, device, co
     return colour, prior.signed_distance
 
 
-def run_fine(cfg: "RunConfig", prior, guidance: "Guidance | None", out_dir: Path,
-             callbacks: RunCallbacks | None = None, device="cpu", coarse_dir: Path | None = None,
-             colour=None) -> FineResult:
-    """Train (or resume, or load when finished) the fine stage in `out_dir`.
+def build_fine_stage(cfg: "RunConfig", prior, guidance: "Guidance | None", device="cpu",
+                     coarse_dir: Path | None = None, colour=None, stage_class: type | None = None,
+                     **options: Any) -> FineStage:
+    """The fine stage at its start (from the coarse run, or the prior), before any checkpoint is loaded.
 
-    `colour` replaces the colour field (by default the coarse run's `HeadField`, or a fresh one).
-    A finished checkpoint is loaded without training, so `guidance` may then be None.
+    `stage_class` (a FineStage subclass) and its `options` let the SSD phases and edits reuse it.
     """
     from ..mesh.tets import band_grid
 
@@ -261,8 +260,20 @@ def run_fine(cfg: "RunConfig", prior, guidance: "Guidance | None", out_dir: Path
         raise InputError("The initial shape has no surface inside the fine stage's grid; check the prior "
                          "(it must be a closed head inside the unit sphere once normalised) or the coarse run.")
     geometry = DMTetGeometry(grid, sdf, cfg.fine.max_offset_cells).to(device)
-    stage = FineStage(cfg, prior, guidance, colour, geometry, device)
+    return (stage_class or FineStage)(cfg, prior, guidance, colour, geometry, device, **options)
+
+
+def run_fine(cfg: "RunConfig", prior, guidance: "Guidance | None", out_dir: Path,
+             callbacks: RunCallbacks | None = None, device="cpu", coarse_dir: Path | None = None,
+             colour=None) -> FineResult:
+    """Train (or resume, or load when finished) the fine stage in `out_dir`.
+
+    `colour` replaces the colour field (by default the coarse run's `HeadField`, or a fresh one).
+    A finished checkpoint is loaded without training, so `guidance` may then be None.
+    """
+    device = torch.device(device)
+    stage = build_fine_stage(cfg, prior, guidance, device, coarse_dir, colour)
     timings = run_stage(stage, Path(out_dir), callbacks,
                         StageSchedule(cfg.fine.checkpoint_every, cfg.fine.preview_every), device)
     vertices, faces = stage.mesh()
-    return FineResult(vertices=vertices, faces=faces, colour=colour, timings=timings)
+    return FineResult(vertices=vertices, faces=faces, colour=stage.colour, timings=timings)

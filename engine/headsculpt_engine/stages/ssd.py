@@ -1,0 +1,41 @@
+"""HeadArtist's self score distillation as two fine-stage phases (HeadArtist Sec. 4 and appendix D).
+
+geometry: normal-map renders, SSD with CFG 100 and t in [0.02, 0.5]; the SDF and the vertex offsets
+          train (an edit trains only the offsets: the parent's SDF stays fixed), the colour is frozen;
+texture:  albedo renders, SSD with CFG 7.5, the negative prompt "worst quality, low quality,
+          semi-realistic" and t_max annealed from 0.98 to 0.7; the geometry is frozen.
+The numbers live in config.GuidanceConfig and in `guidance.factory.SsdPhases`, which each phase drives
+through `StagedGuidance`. Each phase runs `cfg.fine.iterations` iterations (HeadArtist gives no split).
+The geometry phase lives in RUN/geometry/, the texture phase in RUN/fine/, where every later step (export,
+a later edit) expects the finished avatar.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .refine import run_refine
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..guidance.base import Guidance
+    from .fine import FineResult
+    from .loop import RunCallbacks
+
+GEOMETRY_DIR = "geometry"
+TEXTURE_DIR = "fine"
+
+
+def run_ssd(cfg: "RunConfig", prior, guidance: "Guidance | None", run_dir: Path, callbacks: "RunCallbacks | None",
+            device, init_from: Path | None = None, colour=None) -> tuple["FineResult", dict[str, float]]:
+    """Both phases in `run_dir` (each resumes or loads when finished); `init_from` is an edit's parent
+    fine folder, `colour` replaces the colour field's module. Returns the texture phase's result and the
+    seconds each phase took."""
+    run_dir = Path(run_dir)
+    geometry = run_refine(cfg, prior, guidance, run_dir / GEOMETRY_DIR, callbacks, device, init_from=init_from,
+                          name="geometry", train=("offsets",) if init_from else ("sdf", "offsets"),
+                          shading="normal", ssd_phase="geometry", colour=colour)
+    texture = run_refine(cfg, prior, guidance, run_dir / TEXTURE_DIR, callbacks, device,
+                         init_from=run_dir / GEOMETRY_DIR, name="texture", train=("colour",), shading="albedo",
+                         ssd_phase="texture", colour=colour)
+    return texture, {"ssd_geometry": geometry.timings["seconds"], "ssd_texture": texture.timings["seconds"]}
