@@ -120,7 +120,7 @@ def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_
     dtype = resolve_dtype(cfg.dtype, device)
 
     def load(cls, name: str, subfolder: str = "", **kwargs):
-        return _from_pretrained(cls, name, subfolder, cfg.allow_download, **kwargs)
+        return from_pretrained_offline(cls, name, subfolder, cfg.allow_download, **kwargs)
 
     tokenizer = load(CLIPTokenizer, cfg.base, "tokenizer")
     scheduler = load(DDPMScheduler, cfg.base, "scheduler")
@@ -160,7 +160,7 @@ def _enable_cpu_offload(modules: list, device: "torch.device") -> None:
         _, hook = cpu_offload_with_hook(module, device, prev_module_hook=hook)
 
 
-def _from_pretrained(cls, name: str, subfolder: str, allow_download: bool, **kwargs):
+def from_pretrained_offline(cls, name: str, subfolder: str, allow_download: bool, **kwargs):
     """`cls.from_pretrained` from a folder or a hub id, turning "not there" into ModelNotFoundError."""
     where = f"{name}" + (f" (subfolder {subfolder})" if subfolder else "")
     path = Path(name).expanduser()
