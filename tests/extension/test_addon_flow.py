@@ -270,9 +270,7 @@ def test_add_base_head_stands_up_as_the_prior(bpy, scene):
     from headsculpt_blender.operators import BASE_HEAD_NAME, base_head_path
     from headsculpt_blender.prior import object_badge
 
-    path = base_head_path()
-    if path is None:
-        pytest.skip("flame_assets/base_head.obj has not been generated in this checkout (area `prior`)")
+    assert base_head_path() is not None, "flame_assets/base_head.obj is part of the repository"
     scene.cursor.location = (1.0, 2.0, 0.0)
     assert bpy.ops.headsculpt.add_base_head() == {"FINISHED"}
     head = scene.headsculpt.prior

@@ -6,6 +6,7 @@ folder in the engine cache, written once by `make_tiny_models`.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,7 +174,10 @@ def from_pretrained_offline(cls, name: str, subfolder: str, allow_download: bool
         source = name
     extra = {"subfolder": subfolder} if subfolder else {}
     try:
-        return cls.from_pretrained(source, local_files_only=not allow_download, **extra, **kwargs)
+        with warnings.catch_warnings():
+            # diffusers still passes a huggingface_hub argument that is deprecated: noise for the user.
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            return cls.from_pretrained(source, local_files_only=not allow_download, **extra, **kwargs)
     except (OSError, ValueError) as error:
         if source != name:
             raise ModelNotFoundError(f"Could not load the model {where} from its folder ({error}).") from error
@@ -182,5 +186,5 @@ def from_pretrained_offline(cls, name: str, subfolder: str, allow_download: bool
                                      f"your connection, or download it yourself.") from error
         raise ModelNotFoundError(
             f"The model {where} is not in the local Hugging Face cache and downloads are off: run "
-            f"`huggingface-cli download {name}` and try again, allow downloads (models.allow_download=true), "
+            f"`huggingface-cli download {name}` and try again, allow downloads (--allow-download), "
             f"or pass a local folder.") from error
