@@ -119,18 +119,24 @@ def extension_version() -> str:
 def blender_ext_tool(python: Path) -> list[str]:
     """Blender's own extension tool, shipped inside the bpy wheel."""
     probe = subprocess.run(
-        [str(python), "-c", "import bpy, pathlib; print(pathlib.Path(bpy.__file__).parent)"],
+        [str(python), "-c", "import importlib.util; print(importlib.util.find_spec('bpy').origin)"],
         capture_output=True, text=True)
-    if probe.returncode != 0:
+    if probe.returncode != 0 or not probe.stdout.strip() or probe.stdout.strip() == "None":
         fail("bpy is not importable in .venv; run `python build.py setup`.")
-    matches = sorted(Path(probe.stdout.strip()).glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    # The wheel's layout: site-packages/bpy/__init__.so beside bpy/<version>/scripts/addons_core/...
+    package = Path(probe.stdout.strip()).parent
+    matches = sorted(package.glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
     if not matches:
         fail("Blender's extension tool (blender_ext.py) was not found inside the bpy package.")
     return [str(python), str(matches[-1])]
 
 
-def cmd_build(_: list[str]) -> int:
-    python = ensure_venv()
+# Files from outside headsculpt_blender/ that the extension ships, by their place in the package.
+EXTENSION_ASSETS = {"assets/base_head.obj": ROOT / "flame_assets" / "base_head.obj"}
+
+
+def build_extension(python: Path) -> Path:
+    """Stage headsculpt_blender/ with the manifest and assets, build the zip, validate it."""
     tool = blender_ext_tool(python)
     staging = ROOT / "build" / "extension"
     if staging.exists():
@@ -138,6 +144,11 @@ def cmd_build(_: list[str]) -> int:
     shutil.copytree(ROOT / "headsculpt_blender", staging,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(ROOT / "blender_manifest.toml", staging / "blender_manifest.toml")
+    for inside, source in EXTENSION_ASSETS.items():
+        if not source.is_file():
+            fail(f"{source.relative_to(ROOT)} is missing; generate it with flame_assets/make_base_head.py.")
+        (staging / inside).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, staging / inside)
     DIST.mkdir(exist_ok=True)
     output = DIST / f"headsculpt-{extension_version()}.zip"
     output.unlink(missing_ok=True)
@@ -146,6 +157,11 @@ def cmd_build(_: list[str]) -> int:
     say("validating it with Blender's validator")
     run(tool + ["validate", str(output)])
     say(f"done: {output}")
+    return output
+
+
+def cmd_build(_: list[str]) -> int:
+    build_extension(ensure_venv())
     return 0
 
 

@@ -16,21 +16,18 @@ sys.path.insert(0, str(ENGINE))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ENGINE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
 
+def shared_fixture(name: str) -> Path:
+    """A mesh from ../shared/fixtures; skipped where that folder is absent (a user's clone)."""
+    path = FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"shared fixture {path} is absent (only the project's CI has ../shared)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def flame_template() -> Path:
-    """The FLAME neutral head fixture; skipped where ../shared/fixtures is absent (a user's clone)."""
-    path = FIXTURES / "flame_head_template.obj"
-    if not path.exists():
-        pytest.skip(f"shared fixture {path} is absent (only the project's CI has ../shared)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def flame_smile() -> Path:
-    path = FIXTURES / "flame_head_smile.obj"
-    if not path.exists():
-        pytest.skip(f"shared fixture {path} is absent (only the project's CI has ../shared)")
-    return path
+    """The FLAME neutral head (Y up, metres, face along +Z, open at the neck)."""
+    return shared_fixture("flame_head_template.obj")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -15,6 +15,7 @@ COMMANDS = [
     "edit",
     "learn_token",
     "make_tiny_models",
+    "serve",
     "landmarks",
     "bench",
 ]

@@ -159,6 +159,9 @@ class ExportConfig:
     formats: tuple[str, ...] = ("glb", "obj")
     turntable_frames: int = 24
     turntable_resolution: int = 256
+    # xatlas runs in a child process: a crash (xatlas 0.0.11 segfaults on some meshes) or a run past
+    # this many seconds falls back to the project's own box-projection unwrap instead of failing.
+    unwrap_timeout_s: float = 120.0
 
 
 @dataclass

@@ -114,12 +114,7 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
         raise InputError(f"Unknown stage(s) {', '.join(sorted(unknown))}: choose from {', '.join(STAGES)}.")
     cfg.prompt = validate_prompt(cfg.prompt)
     callbacks = callbacks or RunCallbacks()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-
-    record = _start_record(run_dir, cfg, prior, kind="generate")
-    timings: dict[str, float] = dict(record.data.get("timings", {}))
 
     ssd = cfg.guidance.kind == "ssd"
     if ssd and "coarse" in stages:
@@ -130,8 +125,14 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
             raise InputError("SSD guidance has no coarse stage; run the fine stage (geometry, then texture).")
         stages = tuple(name for name in stages if name != "coarse")
 
-    _seed_everything(cfg.seed)
+    # Models first: a missing model fails before anything is written.
     models = load_diffusion_models(cfg.models, device) if {"coarse", "fine"} & set(stages) else None
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = _start_record(run_dir, cfg, prior, kind="generate")
+    timings: dict[str, float] = dict(record.data.get("timings", {}))
+
+    _seed_everything(cfg.seed)
     guidance = build_guidance(cfg, models) if models is not None else None
 
     coarse_dir = Path(coarse_dir) if coarse_dir else run_dir / "coarse"

@@ -123,3 +123,49 @@ def test_tiny_preset_export_is_fast(tmp_path):
     files = export_avatar(sphere_result(res=32), SpherePrior(), cfg, tmp_path, {"prompt": "tiny"})
     assert time.perf_counter() - started < 20.0
     assert (tmp_path / "avatar.glb") in files
+
+
+def uv_overlap_ratio(mesh, size: int = 512) -> float:
+    """Covered texels over the summed triangle areas in texels: 1 when no two triangles overlap."""
+    from headsculpt_engine.mesh.raster import rasterize_uv
+
+    tri, _ = rasterize_uv(torch.from_numpy(mesh.uvs), torch.from_numpy(mesh.faces), size)
+    t = mesh.uvs[mesh.faces] * size
+    area = 0.5 * np.abs(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])).sum()
+    return float((tri >= 0).sum()) / float(area)
+
+
+def test_box_unwrap_gives_a_valid_atlas():
+    from headsculpt_engine.mesh.uv import box_unwrap
+
+    result = sphere_result(res=32)
+    mesh = box_unwrap(result.vertices.numpy(), result.faces.numpy(), 512)
+    assert mesh.method == "box"
+    assert mesh.uvs.min() >= 0.0 and mesh.uvs.max() <= 1.0
+    assert np.allclose(mesh.vertices, result.vertices.numpy()[mesh.source])
+    assert mesh.faces.shape == result.faces.shape
+    assert 0.97 < uv_overlap_ratio(mesh) < 1.03  # no overlapping charts
+    # Each face keeps its corners' positions: the same triangles, only split along chart seams.
+    assert np.allclose(mesh.vertices[mesh.faces], result.vertices.numpy()[result.faces.numpy()])
+
+
+def test_unwrap_falls_back_when_xatlas_is_out_of_time():
+    from headsculpt_engine.mesh.uv import unwrap
+
+    result = sphere_result(res=32)
+    v, f = result.vertices.numpy(), result.faces.numpy()
+    assert unwrap(v, f, 256).method == "xatlas"
+    late = unwrap(v, f, 256, timeout_s=0.0)
+    assert late.method == "box" and late.faces.shape == f.shape
+
+
+def test_unwrap_survives_an_xatlas_crash():
+    # xatlas 0.0.11 segfaults on this regular 81,920-triangle sphere (exit code -11); without the
+    # child process it would take the test process (or the server) down with it.
+    from headsculpt_engine.mesh.uv import unwrap
+
+    sphere = trimesh.creation.icosphere(subdivisions=6, radius=0.5)
+    mesh = unwrap(sphere.vertices, sphere.faces, 1024, timeout_s=60.0)
+    assert mesh.faces.shape == sphere.faces.shape
+    assert mesh.uvs.min() >= 0.0 and mesh.uvs.max() <= 1.0
+    assert 0.97 < uv_overlap_ratio(mesh, 1024) < 1.03

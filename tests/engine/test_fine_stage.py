@@ -122,3 +122,52 @@ def test_uniform_laplacian_loss():
     bumped = laplacian_loss(lifted, faces)
     # Interior vertices of this triangulation have 6 neighbours; the centre's neighbours are interior.
     assert math.isclose(float(bumped - flat) * n * n, 1.0 + 6 * (1.0 / 6.0) ** 2, rel_tol=1e-5)
+
+
+def test_density_to_sdf_recovers_distance_near_a_soft_sphere():
+    from headsculpt_engine.stages.fine import density_to_sdf
+
+    a, r = 0.005, 0.4  # the prior's density profile (Eq. 3): surface density 1 / (2a) = 100
+
+    def density(x):
+        return torch.sigmoid(-(x.norm(dim=-1) - r) / a) / a
+
+    sdf = density_to_sdf(density, threshold=100.0, step=0.002)
+    pts = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1) * (r + (torch.rand(200, 1) - 0.5) * 0.01)
+    assert torch.allclose(sdf(pts), pts.norm(dim=-1) - r, atol=2e-3)
+    far = torch.tensor([[0.0, 0.0, 0.0], [0.9, 0.0, 0.0]])
+    assert sdf(far)[0] < 0 < sdf(far)[1]
+
+
+def test_fine_stage_starts_from_a_coarse_run(tmp_path, monkeypatch):
+    """With `coarse_dir`, the SDF comes from the coarse density's level set (here a sphere of radius
+    0.47, unlike the prior's 0.42) and the coarse field keeps serving as the colour."""
+    import sys
+    import types
+
+    a, radius = 0.005, 0.47
+
+    class CoarseField(TinyColour):
+        def density(self, x):
+            with torch.no_grad():  # as in HeadField, the prior-like term carries no gradient
+                return torch.sigmoid(-(x.norm(dim=-1) - radius) / a) / a
+
+    field = CoarseField()
+    seen = {}
+
+    def load_coarse(out_dir, cfg, prior, device=None):
+        seen["dir"] = out_dir
+        return types.SimpleNamespace(field=field)
+
+    monkeypatch.setitem(sys.modules, "headsculpt_engine.stages.coarse",
+                        types.SimpleNamespace(load_coarse=load_coarse))
+    result = run_fine(small_config(0), SpherePrior(radius=0.42), None, tmp_path / "fine",
+                      coarse_dir=tmp_path / "coarse")
+    assert seen["dir"] == tmp_path / "coarse"
+    assert result.colour is field
+    radii = result.vertices.norm(dim=-1)
+    # The density steps across a = 0.005, far inside one grid cell (2 / 24): the surface is found to
+    # within a fraction of a cell.
+    cell = 2.0 / 24
+    assert abs(float(radii.mean()) - radius) < 0.05 * cell
+    assert float((radii - radius).abs().max()) < 0.5 * cell

@@ -87,3 +87,11 @@ def test_empty_when_no_sign_change():
     grid, sdf = band_grid(8, lambda p: p.norm(dim=-1) + 1.0, band_cells=None)
     verts, faces = marching_tets(grid.vertices, sdf, grid.tets)
     assert verts.shape == (0, 3) and faces.shape == (0, 3)
+
+
+def test_band_does_not_depend_on_the_sdf_scale():
+    # A density-derived SDF is only roughly a distance: the band is found from sign changes alone.
+    fn = sphere_sdf(0.4)
+    unit, _ = band_grid(20, fn, band_cells=2.0)
+    scaled, _ = band_grid(20, lambda p: 1000.0 * fn(p), band_cells=2.0)
+    assert torch.equal(unit.tets, scaled.tets) and torch.equal(unit.vertices, scaled.vertices)

@@ -4,7 +4,7 @@ import torch
 
 from headsculpt_engine.cameras import orbit_cameras
 from headsculpt_engine.guidance.base import Guidance, GuidanceInputs, GuidanceOutput
-from headsculpt_engine.guidance.staged import StagedGuidance, TrackedStage
+from headsculpt_engine.guidance.staged import StagedGuidance
 
 
 class Recorder(Guidance):
@@ -58,24 +58,20 @@ class Phases(Recorder):
         return (0.02, 0.98 - 0.28 * self.phases[-1][1])
 
 
-def test_ssd_phase_follows_the_iteration_through_a_tracked_stage():
+def test_ssd_phase_follows_the_iteration():
     inner = Phases()
     guidance = StagedGuidance(inner, ssd_phase="texture", total_iterations=5)
     cams = orbit_cameras([0.0], width=4, height=4)
 
-    class Stage:
-        name, total_iterations = "texture", 5
+    def step(iteration):
+        guidance.start_iteration(iteration)
+        guidance(GuidanceInputs(images=torch.zeros(1, 3, 4, 4), cameras=cams, t_range=(0.02, 0.5)))
 
-        def step(self, iteration):
-            guidance(GuidanceInputs(images=torch.zeros(1, 3, 4, 4), cameras=cams, t_range=(0.02, 0.5)))
-            return 0.0
-
-    tracked = TrackedStage(Stage(), guidance)
-    assert tracked.name == "texture" and tracked.total_iterations == 5
-    tracked.step(4)
+    step(4)
     assert inner.phases[-1] == ("texture", 1.0)
     assert inner.inputs[-1].t_range == pytest.approx((0.02, 0.7))
-    tracked.step(2)
+    step(2)
     assert inner.phases[-1] == ("texture", 0.5)
+    assert inner.inputs[-1].t_range == pytest.approx((0.02, 0.84))
     with pytest.raises(ValueError, match="not SSD"):
         StagedGuidance(Recorder(), ssd_phase="geometry")

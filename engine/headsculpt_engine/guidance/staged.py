@@ -3,8 +3,8 @@
 The fine stage knows how to render and which cameras it drew; it does not know that an edit needs the
 pre-edit avatar's render M_pi from those very cameras (IESD, HeadSculpt Eq. 7), nor that HeadArtist's
 SSD runs in a geometry and a texture phase whose t range depends on the iteration (appendix D).
-`StagedGuidance` wraps any guidance and fills those into each `GuidanceInputs` the stage hands it;
-`TrackedStage` tells it which iteration is running, so that schedules survive a resume.
+`StagedGuidance` wraps any guidance and fills those into each `GuidanceInputs` the stage hands it; the
+stage tells it which iteration is running (`start_iteration`), so that schedules survive a resume.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class StagedGuidance(Guidance):
     cameras of the trained render, at their resolution. `ssd_phase` ("geometry" or "texture") is set on
     an SSD guidance (`guidance.factory.SsdPhases`) with the stage's progress, and its t range replaces
     the one the stage passes (the texture phase anneals t_max over the stage).
+    The stage calls `start_iteration(i)` before each step (see `stages.refine.RefineStage`).
     """
 
     def __init__(self, inner: Guidance, reference: ReferenceRenderer | None = None, ssd_phase: str | None = None,
@@ -63,18 +64,3 @@ class StagedGuidance(Guidance):
         if self.ssd_phase is not None:
             changes["t_range"] = self.inner.t_range()  # type: ignore[attr-defined]
         return self.inner(dataclasses.replace(inputs, **changes))
-
-
-class TrackedStage:
-    """A `TrainableStage` that tells a `StagedGuidance` which iteration runs; all else is the stage's."""
-
-    def __init__(self, stage, guidance: StagedGuidance):
-        self._stage = stage
-        self._guidance = guidance
-
-    def step(self, iteration: int) -> float:
-        self._guidance.start_iteration(iteration)
-        return self._stage.step(iteration)
-
-    def __getattr__(self, name: str):
-        return getattr(self._stage, name)

@@ -50,7 +50,7 @@ def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir
 
     vertices = fine_result.vertices.detach().cpu().numpy().astype(np.float32)
     faces = fine_result.faces.detach().cpu().numpy().astype(np.int64)
-    mesh = unwrap(vertices, faces, cfg.texture_size)
+    mesh = unwrap(vertices, faces, cfg.texture_size, timeout_s=cfg.unwrap_timeout_s)
     lap("unwrap_s")
     texture = Image.fromarray(bake_texture(mesh, fine_result.albedo, cfg.texture_size))
     lap("bake_s")
@@ -72,7 +72,7 @@ def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir
     info["export"] = {
         "frame": "prior canonical (normalisation undone)",
         "vertices": int(canonical.shape[0]), "faces": int(mesh.faces.shape[0]),
-        "texture_size": int(cfg.texture_size), "formats": list(cfg.formats),
+        "texture_size": int(cfg.texture_size), "formats": list(cfg.formats), "unwrap": mesh.method,
         "bounds_min": canonical.min(axis=0).tolist(), "bounds_max": canonical.max(axis=0).tolist(),
         "timings": timings, "versions": _versions(),
     }

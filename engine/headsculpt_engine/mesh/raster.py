@@ -172,9 +172,7 @@ def rasterize_uv(uv: "torch.Tensor", faces: "torch.Tensor", size: int) -> tuple[
 
 @dataclass
 class _TorchState:
-    xy: "torch.Tensor"  # (B, V, 2) pixel positions of the vertices
-    depth: "torch.Tensor"  # (B, V) view-axis depth of the vertices
-    faces: "torch.Tensor"  # (F, 3) int64
+    xy: "torch.Tensor"  # (B, V, 2) pixel positions of the vertices, differentiable
 
 
 class TorchRasterizer(Rasterizer):
@@ -211,7 +209,7 @@ class TorchRasterizer(Rasterizer):
         bary = torch.where(mask.unsqueeze(-1), inv_d / denom, torch.zeros_like(inv_d))
         depth = torch.where(mask, 1.0 / denom.squeeze(-1), torch.full_like(denom.squeeze(-1), float("inf")))
         return RasterOutput(triangle_id=tri, barycentric=bary, depth=depth, mask=mask,
-                            backend_state=_TorchState(xy=xy, depth=vdepth, faces=faces))
+                            backend_state=_TorchState(xy=xy))
 
     def antialias(self, image, raster, vertices, faces, cameras):
         import torch

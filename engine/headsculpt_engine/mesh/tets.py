@@ -35,18 +35,29 @@ def _grid_files(resolution: int) -> tuple[Path, Path]:
     return folder / f"grid{resolution}_vertices.npy", folder / f"grid{resolution}_tets.npy"
 
 
-def _build(resolution: int) -> tuple[np.ndarray, np.ndarray]:
+def _write_grid(resolution: int, vert_file: Path, tet_file: Path) -> None:
+    """Write the grid's .npy files, one x-slab of cells at a time (the 256 grid's tets take 1.6 GB)."""
     r1 = resolution + 1
     axis = np.linspace(-1.0, 1.0, r1, dtype=np.float32)
-    # Vertex index = (x * r1 + y) * r1 + z, with x slowest.
+    # Vertex index = (x * r1 + y) * r1 + z, with x slowest; cells are ordered the same way.
     vx, vy, vz = np.meshgrid(axis, axis, axis, indexing="ij")
-    vertices = np.stack([vx, vy, vz], axis=-1).reshape(-1, 3)
-    cx, cy, cz = np.meshgrid(*(np.arange(resolution, dtype=np.int64),) * 3, indexing="ij")
-    base = ((cx * r1 + cy) * r1 + cz).reshape(-1)
+    vert_tmp, tet_tmp = vert_file.with_suffix(".tmp.npy"), tet_file.with_suffix(".tmp.npy")
+    np.save(vert_tmp, np.stack([vx, vy, vz], axis=-1).reshape(-1, 3))
+    del vx, vy, vz
     corner_offsets = np.array([((c & 1) * r1 + ((c >> 1) & 1)) * r1 + ((c >> 2) & 1) for c in range(8)],
                               dtype=np.int64)
-    tets = (base[:, None, None] + corner_offsets[_KUHN_TETS][None]).reshape(-1, 4).astype(np.int32)
-    return vertices, tets
+    slab_tets = corner_offsets[_KUHN_TETS][None]  # (1, 6, 4)
+    cy, cz = np.meshgrid(np.arange(resolution, dtype=np.int64), np.arange(resolution, dtype=np.int64), indexing="ij")
+    slab_base = (cy * r1 + cz).reshape(-1)
+    per_slab = 6 * resolution * resolution
+    tets = np.lib.format.open_memmap(tet_tmp, mode="w+", dtype=np.int32, shape=(per_slab * resolution, 4))
+    for x in range(resolution):
+        base = slab_base + x * r1 * r1
+        tets[x * per_slab:(x + 1) * per_slab] = (base[:, None, None] + slab_tets).reshape(-1, 4)
+    tets.flush()
+    del tets
+    vert_tmp.replace(vert_file)
+    tet_tmp.replace(tet_file)
 
 
 def tet_grid(resolution: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,11 +67,7 @@ def tet_grid(resolution: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("tet grid resolution must be positive")
     vert_file, tet_file = _grid_files(resolution)
     if not (vert_file.exists() and tet_file.exists()):
-        vertices, tets = _build(resolution)
-        for path, array in ((vert_file, vertices), (tet_file, tets)):
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, array)
-            tmp.replace(path)
+        _write_grid(resolution, vert_file, tet_file)
     return np.load(vert_file, mmap_mode="r"), np.load(tet_file, mmap_mode="r")
 
 
@@ -76,8 +83,9 @@ class TetGrid:
 
 def band_grid(resolution: int, sdf_fn: Callable[["torch.Tensor"], "torch.Tensor"], bound: float = 1.0,
               band_cells: float | None = 3.0, device=None, chunk: int = 1 << 18) -> tuple[TetGrid, "torch.Tensor"]:
-    """The grid scaled to [-bound, bound]^3, restricted to cells with a corner whose |sdf| is within
-    `band_cells` cells (all cells when None). Returns the grid and `sdf_fn` at its vertices."""
+    """The grid scaled to [-bound, bound]^3, restricted to cells with a corner within `band_cells`
+    cells of the surface (of a lattice vertex beside a sign change of `sdf_fn`), or all cells when
+    None. Returns the grid and `sdf_fn` at its vertices."""
     import torch
 
     vertices_np, tets_np = tet_grid(resolution)
@@ -89,10 +97,23 @@ def band_grid(resolution: int, sdf_fn: Callable[["torch.Tensor"], "torch.Tensor"
     if band_cells is None:
         tets = torch.from_numpy(np.array(tets_np)).long()
     else:
-        # Cells have their corner 0 at lattice (x, y, z) for x, y, z < res; a cell is kept when any of
-        # its eight corners lies in the band.
+        # Distance (in cells) from each lattice vertex to the nearest vertex beside a sign change; this
+        # does not trust the SDF's magnitude, which a density-derived estimate only roughly has.
+        from scipy.ndimage import distance_transform_edt
+
         r1 = resolution + 1
-        near = (sdf.abs() <= band_cells * cell).view(r1, r1, r1)
+        inside = (sdf < 0).view(r1, r1, r1).numpy()
+        boundary = np.zeros_like(inside)
+        for axis in range(3):
+            change = np.diff(inside, axis=axis)
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+            boundary[tuple(lo)] |= change
+            boundary[tuple(hi)] |= change
+        near = torch.from_numpy(distance_transform_edt(~boundary) <= band_cells) if boundary.any() \
+            else torch.zeros(r1, r1, r1, dtype=torch.bool)
+        # A cell (corner 0 at lattice x, y, z < res) is kept when any of its eight corners is near.
         cells = near[:-1, :-1, :-1].clone()
         for dx, dy, dz in itertools.product((0, 1), repeat=3):
             cells |= near[dx:dx + resolution, dy:dy + resolution, dz:dz + resolution]

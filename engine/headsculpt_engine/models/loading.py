@@ -6,6 +6,7 @@ folder in the engine cache, written once by `make_tiny_models`.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,7 +130,7 @@ def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_
     dtype = resolve_dtype(cfg.dtype, device)
 
     def load(cls, name: str, subfolder: str = "", **kwargs):
-        return _from_pretrained(cls, name, subfolder, cfg.allow_download, **kwargs)
+        return from_pretrained_offline(cls, name, subfolder, cfg.allow_download, **kwargs)
 
     tokenizer = load(CLIPTokenizer, cfg.base, "tokenizer")
     scheduler = load(DDPMScheduler, cfg.base, "scheduler")
@@ -185,7 +186,7 @@ def _enable_cpu_offload(modules: list, device: "torch.device") -> None:
         _, hook = cpu_offload_with_hook(module, device, prev_module_hook=hook)
 
 
-def _from_pretrained(cls, name: str, subfolder: str, allow_download: bool, **kwargs):
+def from_pretrained_offline(cls, name: str, subfolder: str, allow_download: bool, **kwargs):
     """`cls.from_pretrained` from a folder or a hub id, turning "not there" into ModelNotFoundError."""
     where = f"{name}" + (f" (subfolder {subfolder})" if subfolder else "")
     path = Path(name).expanduser()
@@ -198,7 +199,10 @@ def _from_pretrained(cls, name: str, subfolder: str, allow_download: bool, **kwa
         source = name
     extra = {"subfolder": subfolder} if subfolder else {}
     try:
-        return cls.from_pretrained(source, local_files_only=not allow_download, **extra, **kwargs)
+        with warnings.catch_warnings():
+            # diffusers still passes a huggingface_hub argument that is deprecated: noise for the user.
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            return cls.from_pretrained(source, local_files_only=not allow_download, **extra, **kwargs)
     except (OSError, ValueError) as error:
         if source != name:
             raise ModelNotFoundError(f"Could not load the model {where} from its folder ({error}).") from error
@@ -207,5 +211,5 @@ def _from_pretrained(cls, name: str, subfolder: str, allow_download: bool, **kwa
                                      f"your connection, or download it yourself.") from error
         raise ModelNotFoundError(
             f"The model {where} is not in the local Hugging Face cache and downloads are off: run "
-            f"`huggingface-cli download {name}` and try again, allow downloads (models.allow_download=true), "
+            f"`huggingface-cli download {name}` and try again, allow downloads (--allow-download), "
             f"or pass a local folder.") from error

@@ -325,14 +325,14 @@ def load_token_models(models: str, device: str = "auto", allow_download: bool = 
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from ..pipeline import resolve_device
-    from .loading import _from_pretrained, resolve_dtype
+    from .loading import from_pretrained_offline, resolve_dtype
 
     source = token_models_source(models)
     torch_device = resolve_device(device)
     dtype = resolve_dtype("auto", torch_device)
 
     def load(cls, subfolder: str, **kwargs):
-        return _from_pretrained(cls, source, subfolder, allow_download, **kwargs)
+        return from_pretrained_offline(cls, source, subfolder, allow_download, **kwargs)
 
     parts = TokenModels(
         tokenizer=load(CLIPTokenizer, "tokenizer"),

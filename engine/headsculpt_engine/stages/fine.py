@@ -136,6 +136,8 @@ class FineStage:
         if faces.shape[0] == 0:
             raise InputError("The fine stage's surface vanished (the SDF has one sign everywhere); "
                              "start again from the coarse run or lower fine.lr.")
+        # A plain white background: the mesh's silhouette is explicit, so a learned background (as the
+        # coarse NeRF has) is not needed to keep density out of empty space.
         images, _ = render_mesh(self.rasterizer, vertices, faces, cameras, self.colour.albedo, shading,
                                 light_dirs, ambient=self.cfg.coarse.ambient)
         return images, vertices, faces
@@ -213,16 +215,18 @@ class FineStage:
         return vertices.detach().float().cpu(), faces.cpu()
 
 
-def density_to_sdf(density_fn: Callable[[torch.Tensor], torch.Tensor], threshold: float,
+def density_to_sdf(density_fn: Callable[[torch.Tensor], torch.Tensor], threshold: float, step: float,
                    limit: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A signed-distance estimate from a density field: (threshold - density) / |grad density|,
+    """A signed-distance estimate from a density field: (threshold - density) / |grad density|, the
+    gradient by central differences of `step` (the field's prior term carries no autograd gradient),
     negative inside the level set, clamped to +-limit where the density is flat."""
+    offsets = torch.eye(3) * step
+
     def sdf(points: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            x = points.detach().requires_grad_(True)
-            density = density_fn(x).reshape(-1)
-            (grad,) = torch.autograd.grad(density.sum(), x)
-        dist = (threshold - density.detach()) / grad.norm(dim=-1).clamp_min(1e-6)
+        density = density_fn(points).reshape(-1).float()
+        grad = torch.stack([(density_fn(points + d.to(points)).reshape(-1) - density_fn(points - d.to(points)).reshape(-1))
+                            for d in offsets], dim=-1).float() / (2.0 * step)
+        dist = (threshold - density) / grad.norm(dim=-1).clamp_min(1e-6)
         return dist.clamp(-limit, limit)
 
     return sdf
@@ -234,7 +238,8 @@ def _initial_fields(cfg: "RunConfig", prior, coarse_dir: Path | None, device, co
         from .coarse import load_coarse
 
         field_ = load_coarse(Path(coarse_dir), cfg, prior, device).field
-        sdf_fn = density_to_sdf(field_.density, cfg.fine.density_threshold)
+        cell = 2.0 * cfg.coarse.bound / cfg.fine.tet_resolution
+        sdf_fn = density_to_sdf(field_.density, cfg.fine.density_threshold, step=0.5 * cell)
         return (colour if colour is not None else field_), sdf_fn
     if colour is None:
         from ..nerf.field import HeadField

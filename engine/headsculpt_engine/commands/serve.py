@@ -1,0 +1,125 @@
+"""`headsculpt serve`: the engine's HTTP server for the Blender add-on (API v1, api-contract.md).
+
+It binds to loopback unless told otherwise, writes `DATA/server.json` (the real port and the token
+file) for the add-on to find it, and on SIGINT/SIGTERM lets the running job checkpoint; that job
+resumes at the next start on the same data folder.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+from .. import API_VERSION, __version__
+from ..config import PRESETS
+from ..errors import InputError
+
+HANDSHAKE_FILE = "server.json"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="run the HTTP engine server for the Blender add-on",
+        description="Serve API v1 over HTTP. Jobs, priors, the token and server.json live in --data.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; another address needs --allow-remote)")
+    parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="data folder for jobs, priors, token and server.json "
+                             "(default: <engine cache>/server)")
+    parser.add_argument("--models", default="default",
+                        help="'tiny' (random test models), 'default' (the papers' models from the local "
+                             "cache) or a local folder / model id for the base model")
+    parser.add_argument("--preset-limit", choices=PRESETS, default="paper",
+                        help="the heaviest preset this server accepts (paper > standard > draft > tiny)")
+    parser.add_argument("--back-view-token", default="", metavar="FILE",
+                        help="learned <back-view> embedding (see `headsculpt learn-token`)")
+    parser.add_argument("--cpu-offload", action="store_true",
+                        help="offload model parts to the CPU between uses (less GPU memory, slower)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow binding an address other machines can reach (the token still applies)")
+    parser.set_defaults(run=run)
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` resolves to is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        raise InputError(f"Cannot resolve the host {host!r}; use an IP address such as 127.0.0.1.") from None
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise InputError(f"Cannot listen on {host}:{port} ({error.strerror}); choose another --port.") from None
+    sock.listen(128)
+    return sock
+
+
+def write_handshake(data_dir: Path, host: str, port: int, token_file: Path) -> Path:
+    shown_host = f"[{host}]" if ":" in host else host
+    info = {"host": host, "port": port, "url": f"http://{shown_host}:{port}", "token_file": str(token_file),
+            "pid": os.getpid(), "engine_version": __version__, "api_version": API_VERSION}
+    path = data_dir / HANDSHAKE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, path)  # readers never see half a file
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from ..paths import cache_dir
+    from ..server.app import create_app
+    from ..server.auth import ensure_token, read_token
+    from ..server.runner import ServerOptions
+
+    if not args.allow_remote and not is_loopback(args.host):
+        raise InputError(f"{args.host} is reachable from other machines; pass --allow-remote to serve "
+                         "there anyway (keep the token secret), or use 127.0.0.1.")
+    if args.back_view_token and not Path(args.back_view_token).is_file():
+        raise InputError(f"--back-view-token {args.back_view_token}: no such file.")
+    data_dir = (args.data or cache_dir() / "server").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token_file = ensure_token(data_dir)
+    options = ServerOptions(data_dir=data_dir, models=args.models, preset_limit=args.preset_limit,
+                            back_view_token_file=args.back_view_token, cpu_offload=args.cpu_offload)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = create_app(options, read_token(token_file))
+
+    sock = bind_socket(args.host, args.port)
+    port = sock.getsockname()[1]
+    handshake = write_handshake(data_dir, args.host, port, token_file)
+    print(f"headsculpt engine {__version__} (API v{API_VERSION}) serving at http://{args.host}:{port}", flush=True)
+    print(f"token file: {token_file}", flush=True)
+    print(f"handshake: {handshake}", flush=True)
+    # uvicorn turns SIGINT/SIGTERM into a graceful shutdown (the app's lifespan end lets the running
+    # job checkpoint), then raises the signal again under the handler it found. For SIGTERM that
+    # handler is this no-op, so the shutdown ends here normally, with exit code 0; SIGINT still
+    # ends as KeyboardInterrupt (exit code 130).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="on")).run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sock.close()
+        try:
+            if json.loads(handshake.read_text()).get("pid") == os.getpid():
+                handshake.unlink()
+        except (OSError, ValueError):
+            pass
+    return 0

@@ -1,0 +1,262 @@
+"""The FastAPI application of API v1 (see api-contract.md): routes, error bodies, size limit."""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+
+from .. import API_VERSION, __version__
+from ..errors import HeadSculptError
+from .auth import BearerAuth
+from .priors import BadPrior, BuildPrior, PriorStore, PriorTooLarge, build_engine_prior, write_landmark_preview
+from .runner import PipelineJobs, ServerOptions
+from .schemas import ErrorBody, Health, JobInfo, JobList, JobRequest, PriorInfo, PriorUpload
+from .store import JobRecord, JobStore
+from .worker import RunJob, Worker
+
+log = logging.getLogger("headsculpt.server")
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+SHUTDOWN_TIMEOUT_S = 120.0
+RESULT_FILES = ("avatar.glb", "avatar_albedo.png", "avatar.json", "avatar.obj", "avatar.mtl", "turntable.gif")
+_MEDIA_TYPES = {".glb": "model/gltf-binary", ".png": "image/png", ".json": "application/json",
+                ".obj": "text/plain", ".mtl": "text/plain", ".gif": "image/gif"}
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422)}
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a request body over `limit` bytes, whether declared up front
+    (Content-Length) or found while streaming (chunked)."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+        self.detail = f"The request is larger than {limit // (1024 * 1024)} MiB; send a smaller mesh."
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                # An HTTPException passes through FastAPI's body parsing untouched and becomes the answer.
+                raise HTTPException(413, self.detail)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _validation_sentence(error: RequestValidationError) -> str:
+    """Pydantic's error list as one sentence: which field, what is wrong."""
+    parts = []
+    for item in error.errors()[:3]:
+        where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path"))
+        if item.get("type") == "json_invalid":
+            return "The request body is not valid JSON."
+        if item.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+            return "The job needs \"kind\": \"generate\" or \"edit\"."
+        parts.append(f"{where or 'body'}: {item.get('msg', 'invalid value')}")
+    return "Invalid request: " + "; ".join(parts) + "."
+
+
+@functools.cache
+def device_label() -> str:
+    """What the jobs run on, as the health answer shows it (imports torch once, on first ask)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return "cpu"
+
+
+def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None,
+               build_prior: BuildPrior = build_engine_prior) -> FastAPI:
+    """The app over `options.data_dir`. `run_job` defaults to the pipeline; tests inject their own."""
+    store = JobStore(options.data_dir)
+    priors = PriorStore(options.data_dir, build_prior)
+    worker = Worker(store, run_job or PipelineJobs(store, priors.root, options))
+    # Building a prior is heavy (landmark detection): one at a time, in the request's thread.
+    prior_lock = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        # Importing torch to name the device takes seconds: do it now, not in the first health check.
+        threading.Thread(target=device_label, name="headsculpt-device-probe", daemon=True).start()
+        try:
+            yield
+        finally:
+            # The running job gets its checkpoint written and stays queued for the next start. A job
+            # still loading models cannot stop before its first iteration: past the timeout it is
+            # simply left `running`, and the next start queues it again all the same.
+            log.info("stopping: the running job, if any, writes its checkpoint")
+            worker.stop(timeout_s=SHUTDOWN_TIMEOUT_S)
+
+    app = FastAPI(title="HeadSculpt engine", version=__version__, lifespan=lifespan,
+                  description=f"API v{API_VERSION}. Every endpoint except /v1/health needs "
+                              "'Authorization: Bearer <token>'.")
+    app.add_middleware(BodySizeLimit)
+    app.add_middleware(BearerAuth, token=token)  # added last: runs first, before any body is read
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        return JSONResponse({"detail": _validation_sentence(error)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"Internal engine error ({type(error).__name__}); "
+                                       "the engine log has the details."}, status_code=500)
+
+    @app.get("/v1/health", response_model=Health, tags=["public"])
+    def health() -> Health:
+        return Health(status="ok", engine_version=__version__, api_version=API_VERSION,
+                      device=device_label(), models=options.models_label())
+
+
+    def job_info(job: JobRecord) -> JobInfo:
+        request = job.request
+        run_dir = store.run_dir(job.job_id)
+        preview = run_dir / job.preview if job.preview else None
+        results = [name for name in RESULT_FILES if (run_dir / "result" / name).is_file()] \
+            if job.state == "done" else []
+        return JobInfo(
+            job_id=job.job_id, kind=job.kind, state=job.state, stage=job.stage, iteration=job.iteration,
+            total=job.total, eta_s=job.eta_s, loss=job.loss, message=job.message,
+            prompt=request.get("prompt", ""), instruction=request.get("instruction"),
+            seed=request["seed"], preset=request["preset"], prior_id=request.get("prior_id", ""),
+            parent_job_id=request.get("parent_job_id"), created_at=job.created_at,
+            updated_at=job.updated_at, has_preview=bool(preview and preview.is_file()),
+            result_files=results)
+
+    def get_job(job_id: str) -> JobRecord:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"No job {job_id!r} on this engine; list jobs with GET /v1/jobs.")
+        return job
+
+    @app.post("/v1/priors", responses=_ERRORS, response_model=PriorInfo, status_code=201)
+    def upload_prior(upload: PriorUpload) -> PriorInfo:
+        try:
+            with prior_lock:
+                return priors.add(upload)
+        except PriorTooLarge as error:
+            raise HTTPException(413, str(error)) from None
+        except (BadPrior, HeadSculptError) as error:
+            raise HTTPException(422, str(error)) from None
+        except Exception as error:  # noqa: BLE001 - a mesh the prior code cannot digest is refused
+            log.exception("building an uploaded prior failed")
+            raise HTTPException(422, f"The mesh could not be turned into a head prior ({type(error).__name__}: "
+                                     f"{error}); upload a single connected head surface.") from None
+
+    @app.get("/v1/priors/{prior_id}", responses=_ERRORS, response_model=PriorInfo)
+    def get_prior(prior_id: str) -> PriorInfo:
+        info = priors.info(prior_id)
+        if info is None:
+            raise HTTPException(404, f"No prior {prior_id!r} on this engine; upload it with POST /v1/priors.")
+        return info
+
+    @app.get("/v1/priors/{prior_id}/landmark-preview", response_class=FileResponse,
+             responses={**_ERRORS, 200: {"content": {"image/png": {}}}})
+    def prior_landmark_preview(prior_id: str) -> FileResponse:
+        get_prior(prior_id)
+        prior_dir = priors.prior_dir(prior_id)
+        with prior_lock:  # rendering is heavy: one at a time, and each prior's sheet only once
+            path = write_landmark_preview(prior_dir, prior_dir.parent / "landmark_preview.png")
+        return FileResponse(path, media_type="image/png")
+
+    @app.post("/v1/jobs", responses=_ERRORS, response_model=JobInfo, status_code=202)
+    def submit_job(request: JobRequest) -> JobInfo:
+        if request.preset not in options.allowed_presets():
+            raise HTTPException(422, f"This engine accepts the presets {', '.join(options.allowed_presets())} "
+                                     f"only (started with --preset-limit {options.preset_limit}).")
+        data = request.model_dump()
+        if request.kind == "generate":
+            if priors.info(request.prior_id) is None:
+                raise HTTPException(422, f"Unknown prior_id {request.prior_id!r}: upload the prior first.")
+        else:
+            parent = store.get(request.parent_job_id)
+            if parent is None:
+                raise HTTPException(422, f"Unknown parent_job_id {request.parent_job_id!r}.")
+            if parent.state != "done":
+                raise HTTPException(409, f"The parent job is {parent.state}; an edit starts from a done job.")
+            # An edit keeps the parent's prompt, prior and guidance; the instruction changes it.
+            for key in ("prompt", "negative_prompt", "prior_id", "guidance"):
+                data[key] = parent.request.get(key, "")
+        job = store.submit(request.kind, data)
+        worker.wake()
+        return job_info(job)
+
+    @app.get("/v1/jobs", responses=_ERRORS, response_model=JobList)
+    def list_jobs() -> JobList:
+        return JobList(jobs=[job_info(job) for job in store.list()])
+
+    @app.get("/v1/jobs/{job_id}", responses=_ERRORS, response_model=JobInfo)
+    def read_job(job_id: str) -> JobInfo:
+        return job_info(get_job(job_id))
+
+    @app.get("/v1/jobs/{job_id}/preview", response_class=FileResponse,
+            responses={**_ERRORS, 200: {"content": {"image/png": {}}}})
+    def job_preview(job_id: str) -> FileResponse:
+        job = get_job(job_id)
+        run_dir = store.run_dir(job.job_id).resolve()
+        path = (run_dir / job.preview).resolve() if job.preview else None
+        if path is None or not path.is_file() or not path.is_relative_to(run_dir):
+            raise HTTPException(404, "This job has no preview yet; previews appear as training goes on.")
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/v1/jobs/{job_id}/result/{name}", response_class=FileResponse,
+            responses={**_ERRORS, 200: {"content": {t: {} for t in sorted(set(_MEDIA_TYPES.values()))}}})
+    def job_result(job_id: str, name: str) -> FileResponse:
+        info = job_info(get_job(job_id))
+        if name not in info.result_files:  # only the fixed names, never a client-chosen path
+            raise HTTPException(404, f"This job has no result {name!r}; it has: "
+                                     f"{', '.join(info.result_files) or 'none yet'}.")
+        path = store.run_dir(info.job_id) / "result" / name
+        return FileResponse(path, media_type=_MEDIA_TYPES[Path(name).suffix], filename=name)
+
+    @app.post("/v1/jobs/{job_id}/cancel", responses=_ERRORS, response_model=JobInfo)
+    def cancel_job(job_id: str) -> JobInfo:
+        store.request_cancel(get_job(job_id).job_id)
+        return job_info(get_job(job_id))
+
+    @app.delete("/v1/jobs/{job_id}", responses=_ERRORS, status_code=204, response_class=Response)
+    def delete_job(job_id: str) -> Response:
+        job = get_job(job_id)
+        if not store.delete(job.job_id):
+            raise HTTPException(409, "The job is running: cancel it first, then delete it.")
+        return Response(status_code=204)
+
+    _document_bearer_auth(app, public=("/v1/health",))
+    return app
+
+
+def _document_bearer_auth(app: FastAPI, public: tuple[str, ...]) -> None:
+    """Declare the bearer token in the OpenAPI schema (the BearerAuth middleware enforces it)."""
+    build_schema = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build_schema()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "The token in the engine's data folder (DATA/token)."}}
+            for path, operations in schema["paths"].items():
+                if path.startswith("/v1/") and path not in public:
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+        return app.openapi_schema
+
+    app.openapi = openapi

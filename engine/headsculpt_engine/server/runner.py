@@ -1,0 +1,72 @@
+"""The work a job does: build the run configuration from the job's request and the server's options,
+then call the pipeline on the job folder (which resumes from its checkpoints when called again)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import DEFAULT_BASE_MODEL, PRESETS, RunConfig, preset_config
+from ..errors import InputError
+from ..stages.loop import RunCallbacks
+from .store import JobRecord, JobStore
+
+
+@dataclass
+class ServerOptions:
+    """What `headsculpt serve` was started with, beyond host and port."""
+
+    data_dir: Path
+    models: str = "default"  # "tiny", "default", or a folder / model id for the base model
+    preset_limit: str = "paper"  # the heaviest preset this server accepts
+    back_view_token_file: str = ""
+    cpu_offload: bool = False
+
+    def allowed_presets(self) -> tuple[str, ...]:
+        """PRESETS runs from heaviest to lightest: the limit and everything lighter."""
+        return PRESETS[PRESETS.index(self.preset_limit):]
+
+    def models_label(self) -> str:
+        return DEFAULT_BASE_MODEL if self.models == "default" else self.models
+
+
+def job_config(request: dict[str, Any], options: ServerOptions) -> RunConfig:
+    from ..models.loading import models_config_from_cli
+
+    cfg = preset_config(request["preset"])
+    # As in the CLI: the tiny preset keeps its tiny models unless other models are named.
+    if options.models != "default" or cfg.preset != "tiny":
+        cfg.models = models_config_from_cli(options.models, cfg.models)
+    cfg.models.cpu_offload = options.cpu_offload
+    cfg.models.back_view_token_file = options.back_view_token_file
+    cfg.prompt = request["prompt"]
+    cfg.negative_prompt = request.get("negative_prompt", "")
+    cfg.seed = int(request["seed"])
+    cfg.guidance.kind = request.get("guidance", "sds")
+    if request["kind"] == "edit":
+        cfg.guidance.edit_scale = float(request["edit_scale"])
+    return cfg
+
+
+class PipelineJobs:
+    """`Worker(run_job=PipelineJobs(...))`: runs generate and edit jobs with the engine's pipeline."""
+
+    def __init__(self, store: JobStore, priors_root: Path, options: ServerOptions):
+        self.store, self.priors_root, self.options = store, priors_root, options
+
+    def __call__(self, job: JobRecord, run_dir: Path, callbacks: RunCallbacks) -> None:
+        from .. import pipeline
+
+        cfg = job_config(job.request, self.options)
+        if job.kind == "generate":
+            from .priors import load_engine_prior
+
+            prior_dir = self.priors_root / job.request["prior_id"] / "prior"
+            if not prior_dir.is_dir():
+                raise InputError("The job's prior was removed from the engine; upload it again and resubmit.")
+            pipeline.generate(cfg, load_engine_prior(prior_dir), run_dir, callbacks)
+        else:
+            parent_dir = self.store.run_dir(job.request["parent_job_id"])
+            if not parent_dir.is_dir():
+                raise InputError("The job this edit starts from was deleted; generate it again first.")
+            pipeline.edit(parent_dir, job.request["instruction"], cfg, run_dir, callbacks)

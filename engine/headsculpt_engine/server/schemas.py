@@ -1,0 +1,104 @@
+"""Request and answer bodies of API v1 (see api-contract.md), validated by pydantic."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ..config import Preset
+
+MAX_TEXT = 500
+# Bounds that keep a request's numbers inside what SQLite and the engine's RNG accept.
+MAX_SEED = 2**32 - 1
+
+# Surrounding whitespace is dropped first, so a blank prompt is refused as empty.
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    engine_version: str
+    api_version: int
+    device: str
+    models: str
+
+
+class PriorUpload(_Strict):
+    name: Annotated[str, Field(max_length=200)] = ""
+    vertex_count: Annotated[int, Field(ge=4)]
+    face_count: Annotated[int, Field(ge=4)]
+    vertices_b64: str
+    faces_b64: str
+    landmark_indices: Annotated[list[Annotated[int, Field(ge=0)]] | None,
+                                Field(min_length=478, max_length=478)] = None
+
+
+class LandmarkStatus(BaseModel):
+    status: Literal["found", "missing"]
+    count: int
+    message: str
+
+
+class PriorInfo(BaseModel):
+    prior_id: str
+    name: str
+    vertex_count: int
+    face_count: int
+    is_flame: bool
+    landmarks: LandmarkStatus
+
+
+class GenerateRequest(_Strict):
+    kind: Literal["generate"]
+    prior_id: Annotated[str, Field(min_length=1, max_length=64)]
+    prompt: Text
+    negative_prompt: Annotated[str, Field(max_length=MAX_TEXT)] = ""
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    preset: Preset
+    guidance: Literal["sds", "ssd"] = "sds"
+
+
+class EditRequest(_Strict):
+    kind: Literal["edit"]
+    parent_job_id: Annotated[str, Field(min_length=1, max_length=64)]
+    instruction: Text
+    edit_scale: Annotated[float, Field(ge=0.0, le=1.0)] = 0.6
+    preset: Preset
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+
+
+JobRequest = Annotated[Union[GenerateRequest, EditRequest], Field(discriminator="kind")]
+
+
+class JobInfo(BaseModel):
+    job_id: str
+    kind: Literal["generate", "edit"]
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    stage: str
+    iteration: int
+    total: int
+    eta_s: float | None
+    loss: float | None
+    message: str
+    prompt: str
+    instruction: str | None
+    seed: int
+    preset: str
+    prior_id: str
+    parent_job_id: str | None
+    created_at: float
+    updated_at: float
+    has_preview: bool
+    result_files: list[str]
+
+
+class JobList(BaseModel):
+    jobs: list[JobInfo]
+
+
+class ErrorBody(BaseModel):
+    detail: str

@@ -1,0 +1,170 @@
+"""The durable job queue: one SQLite table (stdlib sqlite3) plus a run folder per job.
+
+Every state change is a single SQL statement, so the API threads and the worker never race: a queued
+job is either claimed by the worker or cancelled by a client, never both. The table outlives the
+process; `requeue_interrupted` puts the job a killed server was running back at the head of the queue.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+import uuid
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT UNIQUE NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stage TEXT NOT NULL DEFAULT '',
+    iteration INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    eta_s REAL,
+    loss REAL,
+    message TEXT NOT NULL DEFAULT '',
+    request TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    preview TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+
+
+@dataclass
+class JobRecord:
+    """One row of the jobs table; `request` is the validated submission as JSON-ready data."""
+
+    seq: int
+    job_id: str
+    kind: str
+    state: str
+    stage: str
+    iteration: int
+    total: int
+    eta_s: float | None
+    loss: float | None
+    message: str
+    request: dict[str, Any] = field(default_factory=dict)
+    cancel_requested: bool = False
+    preview: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class JobStore:
+    """Jobs on disk under `data_dir`: `jobs.sqlite3` and `jobs/<job_id>/` (the pipeline's run_dir)."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self.jobs_dir = self.data_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.data_dir / "jobs.sqlite3"
+        with closing(self._connect()) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        # One short-lived connection per operation: safe across threads, and autocommit
+        # (isolation_level=None) makes each statement its own transaction.
+        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _execute(self, sql: str, params: tuple = ()) -> int:
+        with closing(self._connect()) as db:
+            return db.execute(sql, params).rowcount
+
+    def _rows(self, sql: str, params: tuple = ()) -> Iterator[JobRecord]:
+        with closing(self._connect()) as db:
+            rows = db.execute(sql, params).fetchall()
+        for row in rows:
+            data = dict(row)
+            data["request"] = json.loads(data["request"])
+            data["cancel_requested"] = bool(data["cancel_requested"])
+            yield JobRecord(**data)
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    def submit(self, kind: str, request: dict[str, Any]) -> JobRecord:
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        self.run_dir(job_id).mkdir(parents=True)
+        self._execute(
+            "INSERT INTO jobs (job_id, kind, state, request, created_at, updated_at) "
+            "VALUES (?, ?, 'queued', ?, ?, ?)", (job_id, kind, json.dumps(request), now, now))
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return next(self._rows("SELECT * FROM jobs WHERE job_id = ?", (job_id,)), None)
+
+    def list(self) -> list[JobRecord]:
+        return list(self._rows("SELECT * FROM jobs ORDER BY seq"))
+
+    def next_queued(self) -> JobRecord | None:
+        return next(self._rows("SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"), None)
+
+    def claim(self, job_id: str) -> bool:
+        """queued -> running; False when a client cancelled it first."""
+        return self._execute("UPDATE jobs SET state = 'running', message = '', updated_at = ? "
+                             "WHERE job_id = ? AND state = 'queued'", (time.time(), job_id)) == 1
+
+    def finish(self, job_id: str, state: str, message: str = "") -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown job state {state!r}")
+        self._execute("UPDATE jobs SET state = ?, message = ?, eta_s = NULL, updated_at = ? "
+                      "WHERE job_id = ?", (state, message, time.time(), job_id))
+
+    def requeue(self, job_id: str, message: str) -> None:
+        """running -> queued, keeping its place (seq): it resumes from its checkpoint next."""
+        self._execute("UPDATE jobs SET state = 'queued', message = ?, eta_s = NULL, updated_at = ? "
+                      "WHERE job_id = ? AND state = 'running'", (message, time.time(), job_id))
+
+    def requeue_interrupted(self) -> int:
+        """After a crash or kill: jobs left `running` go back to the queue, ahead of newer ones."""
+        return self._execute(
+            "UPDATE jobs SET state = 'queued', eta_s = NULL, updated_at = ?, "
+            "message = 'The engine stopped during this job; it resumes from its last checkpoint.' "
+            "WHERE state = 'running'", (time.time(),))
+
+    def update_progress(self, job_id: str, stage: str, iteration: int, total: int,
+                        loss: float | None, eta_s: float | None) -> None:
+        self._execute("UPDATE jobs SET stage = ?, iteration = ?, total = ?, loss = ?, eta_s = ?, "
+                      "updated_at = ? WHERE job_id = ?",
+                      (stage, iteration, total, loss, eta_s, time.time(), job_id))
+
+    def set_preview(self, job_id: str, relative_path: str) -> None:
+        self._execute("UPDATE jobs SET preview = ?, updated_at = ? WHERE job_id = ?",
+                      (relative_path, time.time(), job_id))
+
+    def request_cancel(self, job_id: str) -> None:
+        """A queued job is cancelled at once; a running one is flagged for the worker to stop."""
+        self._execute(
+            "UPDATE jobs SET cancel_requested = 1, updated_at = ?, "
+            "state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, "
+            "message = CASE WHEN state = 'queued' THEN 'Cancelled before it started.' ELSE message END "
+            "WHERE job_id = ? AND state IN ('queued', 'running')", (time.time(), job_id))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT cancel_requested FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return row is None or bool(row[0])  # a deleted job is as good as cancelled
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a job that is not running; False when it is running (or was just claimed)."""
+        if self._execute("DELETE FROM jobs WHERE job_id = ? AND state != 'running'", (job_id,)) != 1:
+            return False
+        shutil.rmtree(self.run_dir(job_id), ignore_errors=True)
+        return True

@@ -1,0 +1,328 @@
+"""The panel's buttons. Each operator checks its inputs on the main thread, refuses with one plain
+sentence (also kept as the panel's last error), and hands network work to `jobs`."""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import bpy
+
+from . import jobs
+from .client import EngineError
+from .engine import LOCAL
+from .preferences import engine_settings, preferences, user_dir
+from .prior import (FLAME_VERTEX_COUNT, is_flame_counts, load_landmark_indices, mesh_arrays, object_badge,
+                    object_counts)
+from .properties import ACTIVE_STATES, PROP_JOB, PROP_PRIOR, PROP_PROMPT, is_avatar, state
+
+MAX_TEXT = 500  # the engine takes prompts and instructions of 1..500 characters
+BASE_HEAD_NAME = "HeadSculpt base head"
+
+
+class Refusal(Exception):
+    """An input problem the artist can fix; the message is shown as it is."""
+
+
+def refuse(operator, context, message: str) -> set:
+    state(context.scene).last_error = message
+    operator.report({"ERROR"}, message)
+    return {"CANCELLED"}
+
+
+def prior_key(obj) -> str:
+    vertex_count, face_count = object_counts(obj)
+    return f"{obj.name}:{vertex_count}:{face_count}"
+
+
+def known_prior_info(scene, obj) -> dict | None:
+    """The engine's PriorInfo for `obj`, when the last upload was this very mesh."""
+    st = state(scene)
+    if obj is None or obj.type != "MESH" or not st.prior_info_json or st.prior_key != prior_key(obj):
+        return None
+    return json.loads(st.prior_info_json)
+
+
+def checked_prior(context):
+    st = state(context.scene)
+    obj = st.prior
+    verdict = object_badge(obj, known_prior_info(context.scene, obj))
+    if not verdict.usable:
+        raise Refusal(verdict.text)
+    return obj
+
+
+def checked_text(text: str, what: str) -> str:
+    text = text.strip()
+    if not text:
+        raise Refusal(f"Type {'an' if what[0] in 'aeiou' else 'a'} {what} first.")
+    if len(text) > MAX_TEXT:
+        raise Refusal(f"The {what} is {len(text)} characters long; the engine takes at most {MAX_TEXT}.")
+    return text
+
+
+def checked_idle(scene) -> None:
+    if jobs.busy(scene) or state(scene).job_state in ACTIVE_STATES:
+        raise Refusal("A HeadSculpt job is already under way: wait for it or cancel it.")
+
+
+def settings(context):
+    try:
+        return engine_settings(preferences(context))
+    except EngineError as error:
+        raise Refusal(str(error)) from None
+
+
+def prior_payload(context, obj) -> tuple:
+    """The prior's arrays in the engine frame, plus the FLAME landmark indices from the preferences when
+    they apply (a FLAME mesh whose modifiers keep its 5023 vertices)."""
+    vertices, faces = mesh_arrays(obj, context.evaluated_depsgraph_get())
+    path = preferences(context).flame_landmark_file
+    if not path or not is_flame_counts(*object_counts(obj)) or len(vertices) != FLAME_VERTEX_COUNT:
+        return vertices, faces, None
+    try:
+        return vertices, faces, load_landmark_indices(bpy.path.abspath(path), len(vertices))
+    except ValueError as error:
+        raise Refusal(str(error)) from None
+
+
+def full_prompt(st) -> str:
+    return f"{st.prompt_prefix} {st.prompt.strip()}".strip()
+
+
+class _HeadSculptOperator(bpy.types.Operator):
+    """Shared refusal handling: `run` raises Refusal or EngineError for problems the artist can fix."""
+
+    bl_options = {"REGISTER"}
+
+    def execute(self, context):
+        try:
+            return self.run(context)
+        except (Refusal, EngineError) as error:
+            return refuse(self, context, str(error))
+
+
+class HEADSCULPT_OT_generate(_HeadSculptOperator):
+    bl_idname = "headsculpt.generate"
+    bl_label = "Generate"
+    bl_description = "Sculpt an avatar on the prior from the prompt (runs in the engine)"
+
+    def run(self, context):
+        scene = context.scene
+        st = state(scene)
+        prior = checked_prior(context)
+        checked_text(st.prompt, "prompt")
+        prompt = checked_text(full_prompt(st), "prompt")
+        checked_idle(scene)
+        engine = settings(context)
+        vertices, faces, landmarks = prior_payload(context, prior)
+        job = {"kind": "generate", "prompt": prompt, "negative_prompt": st.negative_prompt.strip(),
+               "seed": st.seed, "preset": st.preset, "guidance": st.guidance}
+        key = prior_key(prior)
+        st.job_id, st.job_kind, st.job_state, st.job_stage = "", "generate", "submitting", ""
+        st.job_iteration = st.job_total = 0
+        st.job_eta_s, st.job_updated_at = -1.0, 0.0
+        st.job_prompt, st.job_seed, st.job_instruction, st.job_parent_id = prompt, st.seed, "", ""
+        st.job_prior, st.job_source, st.result_object = prior, None, None
+        st.last_error, st.status = "", "Uploading the prior and submitting the job"
+
+        def apply(scene, result):
+            jobs.remember_prior(scene, key, result["prior"])
+            if result["refusal"]:
+                raise EngineError(result["refusal"])
+            jobs.set_job(scene, result["job"])
+            state(scene).status = "Job submitted"
+
+        jobs.start(scene, "submitting the job", functools.partial(
+            jobs.work_generate, engine, prior.name, vertices, faces, landmarks, job), apply)
+        return {"FINISHED"}
+
+
+class HEADSCULPT_OT_edit(_HeadSculptOperator):
+    bl_idname = "headsculpt.edit"
+    bl_label = "Edit avatar"
+    bl_description = "Make an edited copy of the active avatar from the instruction"
+
+    @classmethod
+    def poll(cls, context):
+        return is_avatar(context.active_object)
+
+    def run(self, context):
+        scene = context.scene
+        st = state(scene)
+        source = context.active_object
+        if not is_avatar(source):
+            raise Refusal("Select a HeadSculpt avatar to edit.")
+        instruction = checked_text(st.edit_instruction, "instruction")
+        checked_idle(scene)
+        engine = settings(context)
+        job = {"kind": "edit", "parent_job_id": source[PROP_JOB], "instruction": instruction,
+               "edit_scale": st.edit_scale, "preset": st.preset, "seed": st.seed}
+        st.job_id, st.job_kind, st.job_state, st.job_stage = "", "edit", "submitting", ""
+        st.job_iteration = st.job_total = 0
+        st.job_eta_s, st.job_updated_at = -1.0, 0.0
+        st.job_prompt, st.job_seed = str(source.get(PROP_PROMPT, "")), st.seed
+        st.job_instruction, st.job_parent_id = instruction, str(source[PROP_JOB])
+        st.job_prior, st.job_source, st.result_object = scene.objects.get(source.get(PROP_PRIOR, "")), source, None
+        st.last_error, st.status = "", "Submitting the edit"
+
+        def apply(scene, result):
+            jobs.set_job(scene, result["job"])
+            state(scene).status = "Edit submitted"
+
+        jobs.start(scene, "submitting the edit", functools.partial(jobs.work_submit, engine, job), apply)
+        return {"FINISHED"}
+
+
+class HEADSCULPT_OT_cancel(_HeadSculptOperator):
+    bl_idname = "headsculpt.cancel"
+    bl_label = "Cancel"
+    bl_description = "Stop the running job (the engine keeps its last checkpoint)"
+
+    @classmethod
+    def poll(cls, context):
+        return state(context.scene).job_state in ACTIVE_STATES
+
+    def run(self, context):
+        scene = context.scene
+        st = state(scene)
+        if not st.job_id:
+            raise Refusal("The job is still being submitted; cancel it once it has an id.")
+        engine = settings(context)
+
+        def apply(scene, result):
+            jobs.set_job(scene, result["job"])
+
+        jobs.start(scene, "cancelling the job", functools.partial(jobs.work_cancel, engine, st.job_id), apply,
+                   slot="cancel")
+        return {"FINISHED"}
+
+
+class HEADSCULPT_OT_preview_landmarks(_HeadSculptOperator):
+    bl_idname = "headsculpt.preview_landmarks"
+    bl_label = "Preview landmarks"
+    bl_description = "Upload the prior and show the face landmarks the engine found on it"
+
+    def run(self, context):
+        scene = context.scene
+        obj = state(scene).prior
+        if obj is None or obj.type != "MESH":
+            raise Refusal(object_badge(obj, None).text)
+        if jobs.busy(scene):
+            raise Refusal("HeadSculpt is still busy; wait a moment.")
+        engine = settings(context)
+        vertices, faces, landmarks = prior_payload(context, obj)
+        key = prior_key(obj)
+        state(scene).status = "Finding landmarks on the prior"
+
+        def apply(scene, result):
+            jobs.remember_prior(scene, key, result["prior"])
+            st = state(scene)
+            st.landmark_image = jobs.load_png("HeadSculpt landmarks", result["png"], user_dir() / "previews")
+            st.status = "Landmark preview updated"
+
+        jobs.start(scene, "previewing landmarks", functools.partial(
+            jobs.work_landmarks, engine, obj.name, vertices, faces, landmarks), apply)
+        return {"FINISHED"}
+
+
+def base_head_path() -> Path | None:
+    """The built-in head: packed with the extension, or in the checkout's flame_assets/."""
+    here = Path(__file__).resolve().parent
+    candidates = [here / "assets" / "base_head.obj"] + [p / "flame_assets" / "base_head.obj" for p in here.parents]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+class HEADSCULPT_OT_add_base_head(_HeadSculptOperator):
+    bl_idname = "headsculpt.add_base_head"
+    bl_label = "Add base head"
+    bl_description = "Add the project's own head mesh to the scene and use it as the prior"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def run(self, context):
+        path = base_head_path()
+        if path is None:
+            raise Refusal("The built-in base head is missing from this installation; reinstall the add-on.")
+        before = set(bpy.data.objects)
+        # The file is Y up like FLAME; the OBJ importer's default axes stand it up in Blender (Z up).
+        bpy.ops.wm.obj_import(filepath=str(path))
+        created = [obj for obj in bpy.data.objects if obj not in before and obj.type == "MESH"]
+        if not created:
+            raise Refusal(f"Blender could not read {path}.")
+        head = created[0]
+        head.name = BASE_HEAD_NAME
+        head.location = context.scene.cursor.location
+        state(context.scene).prior = head
+        return {"FINISHED"}
+
+
+class HEADSCULPT_OT_bind_to_flame(_HeadSculptOperator):
+    bl_idname = "headsculpt.bind_to_flame"
+    bl_label = "Bind to FLAME"
+    bl_description = ("Bind the avatar to its prior with a Surface Deform modifier, so that the prior's "
+                      "shape keys and armature drive the avatar")
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return is_avatar(context.active_object)
+
+    def run(self, context):
+        avatar = context.active_object
+        if not is_avatar(avatar):
+            raise Refusal("Select a HeadSculpt avatar to bind.")
+        target = context.scene.objects.get(avatar.get(PROP_PRIOR, "")) or state(context.scene).prior
+        if target is None or target.type != "MESH":
+            raise Refusal("The avatar's prior is not in the scene; pick it as the prior first.")
+        modifier = avatar.modifiers.get("HeadSculpt bind") or avatar.modifiers.new("HeadSculpt bind",
+                                                                                    "SURFACE_DEFORM")
+        modifier.target = target
+        with context.temp_override(object=avatar, active_object=avatar):
+            if modifier.is_bound:  # the operator toggles: unbind first to bind to the current shapes
+                bpy.ops.object.surfacedeform_bind(modifier=modifier.name)
+            bpy.ops.object.surfacedeform_bind(modifier=modifier.name)
+        avatar.evaluated_get(context.evaluated_depsgraph_get())  # binding happens on evaluation
+        if not modifier.is_bound:
+            avatar.modifiers.remove(modifier)
+            raise Refusal(f"Surface Deform could not bind {avatar.name} to {target.name} "
+                          "(the prior needs clean, manifold-ish faces).")
+        state(context.scene).status = f"{avatar.name} follows {target.name}"
+        return {"FINISHED"}
+
+
+class HEADSCULPT_OT_engine_start(_HeadSculptOperator):
+    bl_idname = "headsculpt.engine_start"
+    bl_label = "Start engine"
+    bl_description = "Start the local engine now (it also starts on the first Generate)"
+
+    def run(self, context):
+        engine = settings(context)
+        if engine.mode != "local":
+            raise Refusal("The engine is set to remote; a remote engine is started where it runs.")
+        LOCAL.start(engine)
+        return {"FINISHED"}
+
+
+class HEADSCULPT_OT_engine_stop(_HeadSculptOperator):
+    bl_idname = "headsculpt.engine_stop"
+    bl_label = "Stop engine"
+    bl_description = "Stop the local engine (jobs resume when it starts again)"
+
+    def run(self, context):
+        LOCAL.stop()
+        return {"FINISHED"}
+
+
+CLASSES = (HEADSCULPT_OT_generate, HEADSCULPT_OT_edit, HEADSCULPT_OT_cancel, HEADSCULPT_OT_preview_landmarks,
+           HEADSCULPT_OT_add_base_head, HEADSCULPT_OT_bind_to_flame, HEADSCULPT_OT_engine_start,
+           HEADSCULPT_OT_engine_stop)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,127 @@
+"""The sidebar panel (3D viewport, N menu, tab "HeadSculpt")."""
+from __future__ import annotations
+
+import textwrap
+
+import bpy
+
+from . import jobs
+from .operators import known_prior_info
+from .prior import object_badge
+from .properties import ACTIVE_STATES, PROP_INSTRUCTION, PROP_PROMPT, is_avatar, state
+
+
+def progress(st) -> tuple[float, str]:
+    """The progress bar's fill and text: stage, iteration and ETA."""
+    if st.job_state == "submitting":
+        return 0.0, "Submitting"
+    if st.job_state == "queued":
+        return 0.0, "Queued"
+    factor = st.job_iteration / st.job_total if st.job_total > 0 else 0.0
+    text = st.job_stage.capitalize() or st.job_state.capitalize()
+    if st.job_total > 0:
+        text += f" {st.job_iteration}/{st.job_total}"
+    if st.job_eta_s >= 0 and st.job_state == "running":
+        minutes, seconds = divmod(int(round(st.job_eta_s)), 60)
+        text += f", {minutes}:{seconds:02d} left"
+    if st.job_state in ("done", "cancelled", "failed"):
+        factor = 1.0 if st.job_state == "done" else factor
+    return min(max(factor, 0.0), 1.0), text
+
+
+class _Panel(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "HeadSculpt"
+
+
+class HEADSCULPT_PT_main(_Panel):
+    bl_idname = "HEADSCULPT_PT_main"
+    bl_label = "HeadSculpt"
+
+    def draw(self, context):
+        st = state(context.scene)
+        layout = self.layout
+
+        box = layout.box()
+        box.label(text="Prior", icon="USER")
+        box.prop(st, "prior", text="")
+        verdict = object_badge(st.prior, known_prior_info(context.scene, st.prior))
+        box.label(text=verdict.text, icon=verdict.icon)
+        row = box.row(align=True)
+        row.operator("headsculpt.add_base_head", icon="ADD")
+        row.operator("headsculpt.preview_landmarks", icon="HIDE_OFF")
+        if st.landmark_image is not None and st.landmark_image.preview is not None:
+            box.template_icon(icon_value=st.landmark_image.preview.icon_id, scale=8.0)
+
+        box = layout.box()
+        box.label(text="Prompt", icon="TEXT")
+        box.prop(st, "prompt_prefix", text="")
+        box.prop(st, "prompt", text="")
+        box.prop(st, "negative_prompt")
+        row = box.row()
+        row.prop(st, "seed")
+        row.prop(st, "preset", text="")
+        box.prop(st, "guidance", text="")
+
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        running = st.job_state in ACTIVE_STATES or jobs.busy(context.scene)
+        sub = row.row(align=True)
+        sub.enabled = not running
+        sub.operator("headsculpt.generate", icon="SHADERFX")
+        row.operator("headsculpt.cancel", icon="CANCEL")
+
+        if st.job_state:
+            factor, text = progress(st)
+            layout.progress(factor=factor, type="BAR", text=text)
+        if st.preview_image is not None and st.preview_image.preview is not None:
+            layout.template_icon(icon_value=st.preview_image.preview.icon_id, scale=10.0)
+        if st.status:
+            layout.label(text=st.status, icon="INFO")
+        if st.last_error:
+            col = layout.column(align=True)
+            col.alert = True
+            for number, line in enumerate(_wrap(st.last_error, 48)):
+                col.label(text=line, icon="ERROR" if number == 0 else "BLANK1")
+
+
+class HEADSCULPT_PT_avatar(_Panel):
+    bl_idname = "HEADSCULPT_PT_avatar"
+    bl_label = "Avatar"
+    bl_parent_id = "HEADSCULPT_PT_main"
+
+    @classmethod
+    def poll(cls, context):
+        return is_avatar(context.active_object)
+
+    def draw(self, context):
+        st = state(context.scene)
+        avatar = context.active_object
+        layout = self.layout
+        layout.label(text=str(avatar.get(PROP_PROMPT, "")), icon="TEXT")
+        if avatar.get(PROP_INSTRUCTION):
+            layout.label(text=f"Edited: {avatar[PROP_INSTRUCTION]}", icon="MODIFIER")
+        layout.prop(st, "edit_instruction", text="")
+        layout.prop(st, "edit_scale")
+        row = layout.row()
+        row.enabled = st.job_state not in ACTIVE_STATES
+        row.operator("headsculpt.edit", icon="GREASEPENCIL")
+        layout.operator("headsculpt.bind_to_flame", icon="MOD_MESHDEFORM")
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width) or [text]
+
+
+CLASSES = (HEADSCULPT_PT_main, HEADSCULPT_PT_avatar)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

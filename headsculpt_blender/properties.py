@@ -1,0 +1,105 @@
+"""Scene properties: the panel's inputs and the state of the current job.
+
+The job id and everything needed to finish a job (prior object, prompt, parent) live in the scene, so
+saving the file and opening it again (or an engine restart) lets polling resume where it stopped.
+"""
+from __future__ import annotations
+
+import bpy
+from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+
+PROMPT_PREFIXES = [
+    ("a head of", "A head of", "HeadSculpt's prompt prefix: \"a head of ...\""),
+    ("a DSLR portrait of", "A DSLR portrait of", "HeadSculpt's prefix for realistic heads"),
+    ("", "No prefix", "Use the prompt as typed"),
+]
+PRESETS = [
+    ("draft", "Draft", "Few iterations at low resolution: a quick look"),
+    ("standard", "Standard", "A balance of quality and time"),
+    ("paper", "Paper", "The papers' iteration counts and resolutions (slow; a GPU is needed)"),
+    ("tiny", "Tiny", "A handful of iterations for testing the connection"),
+]
+GUIDANCE = [
+    ("sds", "HeadSculpt SDS", "Score distillation with the landmark ControlNet (HeadSculpt)"),
+    ("ssd", "HeadArtist SSD", "Self score distillation (HeadArtist)"),
+]
+ACTIVE_STATES = ("submitting", "queued", "running")
+
+# Custom properties that mark an object as a generated avatar.
+PROP_JOB = "headsculpt_job_id"
+PROP_KIND = "headsculpt_kind"
+PROP_PROMPT = "headsculpt_prompt"
+PROP_SEED = "headsculpt_seed"
+PROP_PARENT = "headsculpt_parent_job_id"
+PROP_INSTRUCTION = "headsculpt_instruction"
+PROP_PRIOR = "headsculpt_prior"
+
+
+def _poll_mesh(_self, obj) -> bool:
+    return obj.type == "MESH" and not obj.get(PROP_JOB)
+
+
+class HeadSculptSceneState(bpy.types.PropertyGroup):
+    # Inputs
+    prior: PointerProperty(name="Prior", type=bpy.types.Object, poll=_poll_mesh,
+                           description="The head mesh the avatar is sculpted on (a FLAME head or any head)")
+    prompt_prefix: EnumProperty(name="Prefix", items=PROMPT_PREFIXES, default="a head of")
+    prompt: StringProperty(name="Prompt", description="What the head should look like")
+    negative_prompt: StringProperty(name="Negative", description="What to avoid")
+    seed: IntProperty(name="Seed", min=0, default=0)
+    preset: EnumProperty(name="Quality", items=PRESETS, default="standard")
+    guidance: EnumProperty(name="Guidance", items=GUIDANCE, default="sds")
+    edit_instruction: StringProperty(name="Instruction", description="How to change the avatar, "
+                                                                      "e.g. \"make him older\"")
+    edit_scale: FloatProperty(name="Edit scale", min=0.0, max=1.0, default=0.6,
+                              description="w_e: weight of the instruction against the original prompt")
+
+    # The current job (kept in the file so that polling can resume)
+    job_id: StringProperty()
+    job_kind: StringProperty()
+    job_state: StringProperty()  # "" | "submitting" | engine states
+    job_stage: StringProperty()
+    job_iteration: IntProperty()
+    job_total: IntProperty()
+    job_eta_s: FloatProperty(default=-1.0)
+    job_updated_at: FloatProperty(default=0.0)
+    job_prompt: StringProperty()
+    job_seed: IntProperty()
+    job_instruction: StringProperty()
+    job_parent_id: StringProperty()
+    job_prior: PointerProperty(type=bpy.types.Object)  # placement: the avatar takes its world matrix
+    job_source: PointerProperty(type=bpy.types.Object)  # for edits: the avatar that was edited
+    result_object: PointerProperty(type=bpy.types.Object)
+    last_error: StringProperty()
+    status: StringProperty()
+
+    # The prior as the engine knows it (valid while prior_key matches the picked mesh)
+    prior_id: StringProperty()
+    prior_key: StringProperty()
+    prior_info_json: StringProperty()
+
+    preview_image: PointerProperty(type=bpy.types.Image)
+    landmark_image: PointerProperty(type=bpy.types.Image)
+
+
+def state(scene) -> HeadSculptSceneState:
+    return scene.headsculpt
+
+
+def is_avatar(obj) -> bool:
+    return obj is not None and obj.type == "MESH" and bool(obj.get(PROP_JOB))
+
+
+CLASSES = (HeadSculptSceneState,)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.headsculpt = PointerProperty(type=HeadSculptSceneState)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.headsculpt
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
