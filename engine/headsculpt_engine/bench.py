@@ -13,10 +13,10 @@ without backpropagating through it).
 """
 from __future__ import annotations
 
-import datetime as _datetime
 import math
 import platform
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import CoarseConfig, FineConfig, RunConfig
@@ -98,12 +98,13 @@ class ModelWatch:
         self.encoded_rows: list[tuple[int, ...]] = []
         self.unet_calls = 0
         self.unet_autograd = False
-        self._handles = [models.text_encoder.register_forward_hook(self._text_encoder_ran),
+        self._handles = [models.text_encoder.register_forward_hook(self._text_encoder_ran, with_kwargs=True),
                          models.unet.register_forward_hook(self._unet_ran)]
 
-    def _text_encoder_ran(self, module, args, output) -> None:
+    def _text_encoder_ran(self, module, args, kwargs, output) -> None:
         self.text_encoder_calls += 1
-        self.encoded_rows += [tuple(row) for row in args[0].tolist()]
+        input_ids = args[0] if args else kwargs["input_ids"]
+        self.encoded_rows += [tuple(row) for row in input_ids.tolist()]
 
     @property
     def repeated_prompts(self) -> int:
@@ -202,6 +203,7 @@ def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", dev
         "warmup": request.warmup,
         "median_seconds_per_iteration": median,
         "min_seconds_per_iteration": min(r["total"] for r in records),
+        "median_cpu_seconds_per_iteration": typical["cpu_total"],
         "split_median_seconds": {name: typical.get(name, 0.0) for name in SPLIT},
         "peak_memory_mb": meter.peak_bytes / 2 ** 20,
         "memory_kind": meter.kind,
@@ -257,7 +259,7 @@ def run_bench(cfg: RunConfig, request: BenchRequest, prior=None,
         projected = stages["coarse"]["projected_paper_seconds"] + stages["fine"]["projected_paper_seconds"]
     g, c, f = cfg.guidance, cfg.coarse, cfg.fine
     return {
-        "date": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(device),
         "device": str(device),
         "models": request.models,

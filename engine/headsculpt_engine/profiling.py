@@ -83,7 +83,8 @@ def profile(profiler: Profiler) -> Iterator[Profiler]:
 def time_steps(stage, iterations: int, warmup: int = 1, device: Any = None, after_step=None,
                progress=None) -> list[dict[str, float]]:
     """Run `warmup` untimed then `iterations` timed `stage.step(i)` calls; for each timed step, its
-    sections' seconds plus "total" (the whole step) and "other" (the part no section covers).
+    sections' seconds plus "total" (the whole step, wall clock), "other" (the part no section
+    covers) and "cpu_total" (this process's CPU time in the step, which a busy machine inflates less).
     `after_step(record, loss)` sees each timed record and the step's return value (outside the
     timed part); `progress(steps_done)` is called after every step."""
     profiler = Profiler(device)
@@ -96,13 +97,14 @@ def time_steps(stage, iterations: int, warmup: int = 1, device: Any = None, afte
         profiler.take()
         for iteration in range(warmup, warmup + iterations):
             profiler.synchronize()
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.process_time()
             loss = stage.step(iteration)
             profiler.synchronize()
             total = time.perf_counter() - began
             record = profiler.take()
             record["other"] = max(total - sum(record.values()), 0.0)
             record["total"] = total
+            record["cpu_total"] = time.process_time() - cpu_began
             if after_step is not None:
                 after_step(record, loss)
             records.append(record)

@@ -30,7 +30,7 @@ def test_bench_tiny_all_stages_reports_every_field(tmp_path, capsys):
     assert set(result["stages"]) == set(STAGES)
     for kind, stage in result["stages"].items():
         median = stage["median_seconds_per_iteration"]
-        assert math.isfinite(median) and median > 0
+        assert math.isfinite(median) and median > 0 and stage["median_cpu_seconds_per_iteration"] > 0
         assert stage["backends"]["hash_grid"] == "torch"  # tiny-cuda-nn and nvdiffrast only on CUDA
         assert stage["backends"].get("rasterizer", "torch") == "torch"
         assert stage["iterations"] == 1 and stage["warmup"] == 1 and stage["steps"] == 2
@@ -85,6 +85,7 @@ def test_time_steps_splits_each_step_and_skips_the_warmup():
     for record in records:
         assert 0.02 <= record["work"] < 0.1 and 0.01 <= record["other"] < 0.1
         assert record["work"] + record["other"] == pytest.approx(record["total"])
+        assert 0 <= record["cpu_total"] < record["total"]  # sleeping costs no CPU time
     assert profiling.medians([{"a": 1.0}, {"a": 3.0, "b": 2.0}, {"a": 2.0}]) == {"a": 2.0, "b": 0.0}
 
 

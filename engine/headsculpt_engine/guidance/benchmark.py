@@ -11,8 +11,6 @@ the median (and min) of the repeats is printed, wall time and CPU time.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..cameras import orbit_cameras
     from ..config import preset_config
     from ..models.loading import load_diffusion_models, models_config_from_cli
+    from ..profiling import medians, time_steps
     from .base import GuidanceInputs
     from .factory import build_edit_guidance, build_guidance
 
@@ -53,23 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     reference = torch.rand(images.shape, generator=gen).to(device)
     inputs = GuidanceInputs(images=images, cameras=cams, landmark_maps=maps, reference_images=reference)
 
-    def step() -> None:
-        images.grad = None
-        guidance(inputs).loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    class GuidanceStep:
+        """One guidance step as a stage pays it, for `profiling.time_steps`."""
 
-    for _ in range(2):
-        step()
-    wall, cpu = [], []
-    for _ in range(args.repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        step()
-        wall.append(time.perf_counter() - w0)
-        cpu.append(time.process_time() - c0)
+        def step(self, iteration: int) -> None:
+            images.grad = None
+            guidance(inputs).loss.backward()
+
+    records = time_steps(GuidanceStep(), args.repeats, warmup=2, device=device)
+    wall = [r["total"] for r in records]
+    typical = medians(records)
     print(f"{args.kind} step, batch {args.batch}, {args.resolution}x{args.resolution}, models {args.models}, "
-          f"{device}, torch threads {torch.get_num_threads()}: wall median {1e3 * statistics.median(wall):.1f} ms "
-          f"(min {1e3 * min(wall):.1f}), CPU median {1e3 * statistics.median(cpu):.1f} ms, n={args.repeats}")
+          f"{device}, torch threads {torch.get_num_threads()}: wall median {1e3 * typical['total']:.1f} ms "
+          f"(min {1e3 * min(wall):.1f}; VAE encode {1e3 * typical['vae_encode']:.1f}, UNet + ControlNet "
+          f"{1e3 * typical['unet_controlnet']:.1f}), CPU median {1e3 * typical['cpu_total']:.1f} ms, n={args.repeats}")
     return 0
 
 
