@@ -123,31 +123,47 @@ class ModelWatch:
 
 
 class MemoryMeter:
-    """Peak memory of a stage: `torch.cuda.max_memory_allocated` on CUDA, else the process's resident
-    set size (psutil), sampled after every timed step."""
+    """Peak memory while a stage runs: `torch.cuda.max_memory_allocated` on CUDA; on the CPU the
+    process's resident set size (psutil), sampled every `interval` seconds by a background thread
+    (a step's activations come and go within the step, so sampling between steps would miss them)."""
 
-    def __init__(self, device: "torch.device"):
-        import torch
-
+    def __init__(self, device: "torch.device", interval: float = 0.005):
         self.device = device
+        self.interval = interval
         self.peak_bytes = 0
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            self.kind = "cuda_max_memory_allocated"
-        else:
-            import psutil
+        self.kind = "cuda_max_memory_allocated" if device.type == "cuda" else "rss"
 
-            self.process = psutil.Process()
-            self.kind = "rss"
-            self.sample()
-
-    def sample(self) -> None:
+    def __enter__(self) -> "MemoryMeter":
         import torch
 
         if self.device.type == "cuda":
-            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        import threading
+
+        import psutil
+
+        process = psutil.Process()
+        self._stop = threading.Event()
+
+        def watch() -> None:
+            while True:
+                self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+                if self._stop.wait(self.interval):
+                    return
+
+        self._thread = threading.Thread(target=watch, name="bench-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
         else:
-            self.peak_bytes = max(self.peak_bytes, self.process.memory_info().rss)
+            self._stop.set()
+            self._thread.join()
 
 
 def fast_path_report(models: "DiffusionModels") -> dict[str, Any]:
@@ -180,19 +196,18 @@ def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", dev
     """Median seconds of a warm iteration of one stage, its split, peak memory and the model checks."""
     stage = build_stage(kind, cfg, prior, models, device, request.instruction)
     watch = ModelWatch(models)
-    meter = MemoryMeter(device)
     nonfinite = []
 
     def after_step(record: dict, loss: float) -> None:
-        meter.sample()
         # Random fp16 weights could overflow; a non-finite loss makes the GradScaler skip the optimiser
         # step, which would make that phase look cheaper than it is.
         if not math.isfinite(loss):
             nonfinite.append(loss)
 
     try:
-        records = time_steps(stage, request.iterations, request.warmup, device, after_step=after_step,
-                             progress=progress)
+        with MemoryMeter(device) as meter:
+            records = time_steps(stage, request.iterations, request.warmup, device, after_step=after_step,
+                                 progress=progress)
     finally:
         watch.close()
     typical = medians(records)

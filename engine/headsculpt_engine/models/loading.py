@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .text import PromptEncoder
 
 TINY = "tiny"
-# Stable Diffusion 1.5 architectures with random weights, for `headsculpt bench` only (models/sd15_random.py).
+# The SD 1.5 architectures with random weights: for `headsculpt bench` only (models/sd15_random.py).
 SD15_RANDOM = "sd15-random"
 
 
