@@ -36,13 +36,13 @@ def test_make_tiny_models_is_deterministic_and_small(tmp_path):
 
 def test_tiny_models_load_through_the_pretrained_path(monkeypatch):
     calls = []
-    real = loading._from_pretrained
+    real = loading.from_pretrained_offline
 
     def spy(cls, name, subfolder, allow_download, **kwargs):
         calls.append((cls.__name__, name, subfolder, allow_download))
         return real(cls, name, subfolder, allow_download, **kwargs)
 
-    monkeypatch.setattr(loading, "_from_pretrained", spy)
+    monkeypatch.setattr(loading, "from_pretrained_offline", spy)
     models = load_diffusion_models(preset_config("tiny").models, "cpu", with_ip2p=True)
     folder = str(loading.tiny_models_dir())
     assert folder == str(cache_dir() / "tiny-models")  # made once, in the engine cache

@@ -204,6 +204,7 @@ def test_preferences_snapshot(scene):
     prefs = preferences.preferences()
     prefs.engine_mode, prefs.models, prefs.models_folder = "local", "folder", "/models/sd15"
     prefs.engine_python, prefs.extra_args = "/opt/venv/bin/python", "--preset-limit draft"
+    prefs.data_dir = ""  # empty: the default folder (another test may have set one)
     settings = preferences.engine_settings(prefs)
     assert settings.mode == "local" and settings.models == "/models/sd15"
     assert settings.python == "/opt/venv/bin/python" and settings.extra_args == ("--preset-limit", "draft")
