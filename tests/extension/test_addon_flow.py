@@ -281,7 +281,7 @@ def test_add_base_head_stands_up_as_the_prior(bpy, scene):
     from headsculpt_blender.prior import mesh_arrays
 
     sent, _ = mesh_arrays(head, bpy.context.evaluated_depsgraph_get())
-    assert np.abs(sent - obj_vertices(path)).max() < 1e-5
+    assert np.abs(sent - obj_vertices(base_head_path())).max() < 1e-5
     world = world_vertices(head)
     extent = np.ptp(world, axis=0)
     assert extent[2] > extent[1]  # taller (Z) than deep (Y)
