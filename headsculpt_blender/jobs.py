@@ -171,6 +171,18 @@ def work_refresh(settings: EngineSettings, job_id: str, seen_update: float, resu
 
 # -- main-thread side ---------------------------------------------------------------------------------
 
+def begin_job(scene, kind: str, *, prompt: str, seed: int, instruction: str, parent_id: str, prior, source,
+              status: str) -> None:
+    """Reset the scene's job fields for a submission on its way (it has no engine id yet)."""
+    st = state(scene)
+    st.job_id, st.job_kind, st.job_state, st.job_stage = "", kind, "submitting", ""
+    st.job_iteration = st.job_total = 0
+    st.job_eta_s, st.job_updated_at = -1.0, 0.0
+    st.job_prompt, st.job_seed, st.job_instruction, st.job_parent_id = prompt, seed, instruction, parent_id
+    st.job_prior, st.job_source, st.result_object = prior, source, None
+    st.last_error, st.status = "", status
+
+
 def set_job(scene, job: dict) -> None:
     st = state(scene)
     st.job_id = job["job_id"]

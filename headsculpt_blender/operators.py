@@ -14,7 +14,7 @@ from .engine import LOCAL
 from .preferences import engine_settings, preferences, user_dir
 from .prior import (FLAME_VERTEX_COUNT, is_flame_counts, load_landmark_indices, mesh_arrays, object_badge,
                     object_counts)
-from .properties import ACTIVE_STATES, PROP_JOB, PROP_PRIOR, PROP_PROMPT, is_avatar, state
+from .properties import ACTIVE_STATES, PROP_JOB, PROP_PRIOR, PROP_PROMPT, ActiveAvatarPoll, is_avatar, state
 
 MAX_TEXT = 500  # the engine takes prompts and instructions of 1..500 characters
 BASE_HEAD_NAME = "HeadSculpt base head"
@@ -119,12 +119,8 @@ class HEADSCULPT_OT_generate(_HeadSculptOperator):
         job = {"kind": "generate", "prompt": prompt, "negative_prompt": st.negative_prompt.strip(),
                "seed": st.seed, "preset": st.preset, "guidance": st.guidance}
         key = prior_key(prior)
-        st.job_id, st.job_kind, st.job_state, st.job_stage = "", "generate", "submitting", ""
-        st.job_iteration = st.job_total = 0
-        st.job_eta_s, st.job_updated_at = -1.0, 0.0
-        st.job_prompt, st.job_seed, st.job_instruction, st.job_parent_id = prompt, st.seed, "", ""
-        st.job_prior, st.job_source, st.result_object = prior, None, None
-        st.last_error, st.status = "", "Uploading the prior and submitting the job"
+        jobs.begin_job(scene, "generate", prompt=prompt, seed=st.seed, instruction="", parent_id="", prior=prior,
+                       source=None, status="Uploading the prior and submitting the job")
 
         def apply(scene, result):
             jobs.remember_prior(scene, key, result["prior"])
@@ -138,14 +134,10 @@ class HEADSCULPT_OT_generate(_HeadSculptOperator):
         return {"FINISHED"}
 
 
-class HEADSCULPT_OT_edit(_HeadSculptOperator):
+class HEADSCULPT_OT_edit(ActiveAvatarPoll, _HeadSculptOperator):
     bl_idname = "headsculpt.edit"
     bl_label = "Edit avatar"
     bl_description = "Make an edited copy of the active avatar from the instruction"
-
-    @classmethod
-    def poll(cls, context):
-        return is_avatar(context.active_object)
 
     def run(self, context):
         scene = context.scene
@@ -158,13 +150,10 @@ class HEADSCULPT_OT_edit(_HeadSculptOperator):
         engine = settings(context)
         job = {"kind": "edit", "parent_job_id": source[PROP_JOB], "instruction": instruction,
                "edit_scale": st.edit_scale, "preset": st.preset, "seed": st.seed}
-        st.job_id, st.job_kind, st.job_state, st.job_stage = "", "edit", "submitting", ""
-        st.job_iteration = st.job_total = 0
-        st.job_eta_s, st.job_updated_at = -1.0, 0.0
-        st.job_prompt, st.job_seed = str(source.get(PROP_PROMPT, "")), st.seed
-        st.job_instruction, st.job_parent_id = instruction, str(source[PROP_JOB])
-        st.job_prior, st.job_source, st.result_object = scene.objects.get(source.get(PROP_PRIOR, "")), source, None
-        st.last_error, st.status = "", "Submitting the edit"
+        jobs.begin_job(scene, "edit", prompt=str(source.get(PROP_PROMPT, "")), seed=st.seed,
+                       instruction=instruction, parent_id=str(source[PROP_JOB]),
+                       prior=scene.objects.get(source.get(PROP_PRIOR, "")), source=source,
+                       status="Submitting the edit")
 
         def apply(scene, result):
             jobs.set_job(scene, result["job"])
@@ -256,16 +245,12 @@ class HEADSCULPT_OT_add_base_head(_HeadSculptOperator):
         return {"FINISHED"}
 
 
-class HEADSCULPT_OT_bind_to_flame(_HeadSculptOperator):
+class HEADSCULPT_OT_bind_to_flame(ActiveAvatarPoll, _HeadSculptOperator):
     bl_idname = "headsculpt.bind_to_flame"
     bl_label = "Bind to FLAME"
     bl_description = ("Bind the avatar to its prior with a Surface Deform modifier, so that the prior's "
                       "shape keys and armature drive the avatar")
     bl_options = {"REGISTER", "UNDO"}
-
-    @classmethod
-    def poll(cls, context):
-        return is_avatar(context.active_object)
 
     def run(self, context):
         avatar = context.active_object
@@ -318,11 +303,4 @@ CLASSES = (HEADSCULPT_OT_generate, HEADSCULPT_OT_edit, HEADSCULPT_OT_cancel, HEA
            HEADSCULPT_OT_engine_stop)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

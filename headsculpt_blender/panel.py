@@ -8,7 +8,7 @@ import bpy
 from . import jobs
 from .operators import known_prior_info
 from .prior import object_badge
-from .properties import ACTIVE_STATES, PROP_INSTRUCTION, PROP_PROMPT, is_avatar, state
+from .properties import ACTIVE_STATES, PROP_INSTRUCTION, PROP_PROMPT, ActiveAvatarPoll, state
 
 
 def progress(st) -> tuple[float, str]:
@@ -86,14 +86,10 @@ class HEADSCULPT_PT_main(_Panel):
                 col.label(text=line, icon="ERROR" if number == 0 else "BLANK1")
 
 
-class HEADSCULPT_PT_avatar(_Panel):
+class HEADSCULPT_PT_avatar(ActiveAvatarPoll, _Panel):
     bl_idname = "HEADSCULPT_PT_avatar"
     bl_label = "Avatar"
     bl_parent_id = "HEADSCULPT_PT_main"
-
-    @classmethod
-    def poll(cls, context):
-        return is_avatar(context.active_object)
 
     def draw(self, context):
         st = state(context.scene)
@@ -117,11 +113,4 @@ def _wrap(text: str, width: int) -> list[str]:
 CLASSES = (HEADSCULPT_PT_main, HEADSCULPT_PT_avatar)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

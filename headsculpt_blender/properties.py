@@ -90,16 +90,25 @@ def is_avatar(obj) -> bool:
     return obj is not None and obj.type == "MESH" and bool(obj.get(PROP_JOB))
 
 
+class ActiveAvatarPoll:
+    """Mixin for operators and panels that only apply while a HeadSculpt avatar is the active object."""
+
+    @classmethod
+    def poll(cls, context):
+        return is_avatar(context.active_object)
+
+
 CLASSES = (HeadSculptSceneState,)
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
 def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.headsculpt = PointerProperty(type=HeadSculptSceneState)
 
 
 def unregister() -> None:
     del bpy.types.Scene.headsculpt
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import trimesh
 
+from headsculpt_engine.config import preset_config
 from headsculpt_engine.mesh.raster import make_rasterizer
 from headsculpt_engine.mesh.render import render_mesh
 
@@ -82,3 +83,18 @@ def target_renderer(radius: float = 0.5):
         return images
 
     return target
+
+
+def small_fine_config(iterations: int, checkpoint_every: int = 0):
+    """The tiny preset with a fine stage small enough for a test (torch rasteriser, 32 px, 24^3 tets)."""
+    cfg = preset_config("tiny")
+    cfg.fine.iterations = iterations
+    cfg.fine.resolution = 32
+    cfg.fine.tet_resolution = 24
+    cfg.fine.batch = 2
+    cfg.fine.color_lr = 1e-2  # larger than the paper's so that the tiny tests converge in few iterations
+    cfg.fine.lambda_laplacian = 0.1
+    cfg.fine.rasterizer = "torch"
+    cfg.fine.checkpoint_every = cfg.fine.preview_every = checkpoint_every
+    cfg.coarse.albedo_ratio, cfg.coarse.textureless_ratio = 1.0, 0.0  # albedo renders: the oracle's targets
+    return cfg

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mesh_test_support import SpherePrior, TinyColour, target_renderer
+from mesh_test_support import SpherePrior, TinyColour, small_fine_config, target_renderer
 
 from headsculpt_engine.cameras import orbit_cameras
-from headsculpt_engine.config import preset_config
 from headsculpt_engine.guidance.base import IdentityCodec, NoisePrediction, sd_alphas_cumprod
 from headsculpt_engine.guidance.diffusion import BlendedPrediction
 from headsculpt_engine.guidance.oracle import oracle_guidance
@@ -20,27 +19,13 @@ from headsculpt_engine.stages.fine import FineStage, run_fine
 EDIT_COLOUR = torch.tensor([0.95, 0.55, 0.05])
 
 
-def small_config(iterations: int):
-    cfg = preset_config("tiny")
-    cfg.fine.iterations = iterations
-    cfg.fine.resolution = 32
-    cfg.fine.tet_resolution = 24
-    cfg.fine.batch = 2
-    cfg.fine.color_lr = 1e-2  # larger than the paper's so that the tiny test converges in few iterations
-    cfg.fine.lambda_laplacian = 0.1
-    cfg.fine.rasterizer = "torch"
-    cfg.fine.checkpoint_every = cfg.fine.preview_every = 0
-    cfg.coarse.albedo_ratio, cfg.coarse.textureless_ratio = 1.0, 0.0  # albedo renders: colour is measurable
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
     """A finished 'generation': a fine run pulled a few steps towards a two-tone sphere."""
     folder = tmp_path_factory.mktemp("parent")
     prior = SpherePrior(radius=0.45)
     guidance = oracle_guidance(target_renderer(0.45), generator=torch.Generator().manual_seed(0))
-    result = run_fine(small_config(3), prior, guidance, folder / "fine", colour=TinyColour())
+    result = run_fine(small_fine_config(3), prior, guidance, folder / "fine", colour=TinyColour())
     return folder, prior, result
 
 
@@ -97,8 +82,8 @@ def test_edit_weight_moves_the_avatar_from_its_look_to_the_edit(parent, tmp_path
     for weight in (0.0, 0.5, 1.0):
         guidance = ScoreDistillation(IdentityCodec(), OracleEdit(edit_target, weight), sd_alphas_cumprod(),
                                      guidance_scale=1.0, generator=torch.Generator().manual_seed(5))
-        result, timings = run_edit(small_config(40), prior, guidance, folder / "fine", tmp_path / f"w{weight}", None,
-                                   "cpu", reference=True, colour=TinyColour())
+        result, timings = run_edit(small_fine_config(40), prior, guidance, folder / "fine", tmp_path / f"w{weight}",
+                                   None, "cpu", reference=True, colour=TinyColour())
         after = mean_colour(result.vertices, result.faces, result.albedo)
         share[weight] = float(torch.dot(after - before, goal - before) / (goal - before).norm() ** 2)
         if weight == 0.0:
@@ -141,7 +126,7 @@ def test_reference_is_the_parent_rendered_from_the_trained_cameras(parent, tmp_p
             seen.append(inputs)
             return base(inputs)
 
-    run_edit(small_config(3), prior, Spy(), folder / "fine", tmp_path / "edit", None, "cpu", reference=True,
+    run_edit(small_fine_config(3), prior, Spy(), folder / "fine", tmp_path / "edit", None, "cpu", reference=True,
              colour=TinyColour())
 
     assert len(trained) == len(referenced) == len(seen) == 3
@@ -154,7 +139,7 @@ def test_reference_is_the_parent_rendered_from_the_trained_cameras(parent, tmp_p
         assert torch.allclose(images_r, expected, atol=1e-5)
     # The trained avatar moved away from the parent meanwhile (the oracle pulls it to grey).
     last_cams = trained[-1][0]
-    edited, _ = run_edit(small_config(3), prior, None, folder / "fine", tmp_path / "edit", None, "cpu",
+    edited, _ = run_edit(small_fine_config(3), prior, None, folder / "fine", tmp_path / "edit", None, "cpu",
                          reference=True, colour=TinyColour())
     assert not torch.allclose(render_albedo(edited.vertices, edited.faces, edited.albedo, last_cams)[0],
                               referenced[-1][2], atol=1e-3)
@@ -173,7 +158,7 @@ def test_a_cancelled_edit_resumes_exactly_with_the_parent_as_reference(parent, t
         return ScoreDistillation(IdentityCodec(), OracleEdit(edit_target, 0.5), sd_alphas_cumprod(),
                                  guidance_scale=1.0, generator=torch.Generator().manual_seed(8))
 
-    cfg = small_config(6)
+    cfg = small_fine_config(6)
     cfg.fine.checkpoint_every = 2
     straight, _ = run_edit(cfg, prior, guidance(), folder / "fine", tmp_path / "a", None, "cpu", reference=True,
                            colour=TinyColour())

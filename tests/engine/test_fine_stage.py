@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-from mesh_test_support import SpherePrior, TinyColour, target_renderer
+from mesh_test_support import SpherePrior, TinyColour, small_fine_config, target_renderer
 
 from headsculpt_engine.cameras import orbit_cameras
-from headsculpt_engine.config import preset_config
 from headsculpt_engine.errors import Cancelled, InputError
 from headsculpt_engine.guidance.oracle import oracle_guidance
 from headsculpt_engine.stages.fine import laplacian_loss, run_fine
@@ -17,17 +16,7 @@ from headsculpt_engine.stages.loop import RunCallbacks
 
 
 def small_config(iterations: int):
-    cfg = preset_config("tiny")
-    cfg.fine.iterations = iterations
-    cfg.fine.resolution = 32
-    cfg.fine.tet_resolution = 24
-    cfg.fine.batch = 2
-    cfg.fine.color_lr = 1e-2  # a larger step than the paper's so the tiny test converges in few iterations
-    cfg.fine.lambda_laplacian = 0.1
-    cfg.fine.rasterizer = "torch"
-    cfg.fine.checkpoint_every = cfg.fine.preview_every = 10
-    cfg.coarse.albedo_ratio, cfg.coarse.textureless_ratio = 1.0, 0.0  # the oracle's targets are albedo renders
-    return cfg
+    return small_fine_config(iterations, checkpoint_every=10)
 
 
 def eval_error(result, target_fn) -> float:

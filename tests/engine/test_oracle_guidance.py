@@ -1,12 +1,9 @@
 import torch
+from guidance_test_support import fit_image
 
 from headsculpt_engine.cameras import orbit_cameras
 from headsculpt_engine.guidance.base import GuidanceInputs, add_noise, sd_alphas_cumprod, sds_weight
 from headsculpt_engine.guidance.oracle import oracle_guidance
-
-
-def psnr(a, b):
-    return float(-10 * torch.log10(((a - b) ** 2).mean()))
 
 
 def test_pixel_oracle_pulls_an_image_to_its_target():
@@ -14,17 +11,8 @@ def test_pixel_oracle_pulls_an_image_to_its_target():
     target = torch.rand(1, 3, 16, 16)
     cams = orbit_cameras([0.0], width=16, height=16)
     guidance = oracle_guidance(lambda c: target, generator=torch.Generator().manual_seed(0))
-    image = torch.full((1, 3, 16, 16), 0.5, requires_grad=True)
-    opt = torch.optim.Adam([image], lr=0.05)
-    before = psnr(image.detach(), target)
-    for _ in range(200):
-        out = guidance(GuidanceInputs(images=image, cameras=cams))
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        with torch.no_grad():
-            image.clamp_(0, 1)
-    assert psnr(image.detach(), target) > before + 15
+    before, after = fit_image(guidance, cams, target, lr=0.05, steps=200)
+    assert after > before + 15
 
 
 def test_oracle_gradient_is_weighted_noise_difference():

@@ -70,6 +70,15 @@ def generate(bpy, scene, prior, prompt="an old bearded man"):
     return st.result_object
 
 
+def submit_job(bpy, scene, engine, prior, until: str = "running") -> None:
+    """Point the add-on at `engine`, generate "a knight" on `prior`, and poll until the job is in `until`."""
+    st = scene.headsculpt
+    use_engine(engine.url)
+    st.prior, st.prompt = prior, "a knight"
+    assert bpy.ops.headsculpt.generate() == {"FINISHED"}
+    poll_until(scene, lambda: st.job_state == until)
+
+
 def test_flame_prior_badge_and_landmark_preview(bpy, scene, flame_template):
     from headsculpt_blender.operators import known_prior_info
     from headsculpt_blender.prior import object_badge
@@ -229,10 +238,7 @@ def test_unreachable_engine_keeps_the_job_recoverable(bpy, scene, flame_template
     head = import_flame(bpy, flame_template)
     st = scene.headsculpt
     with FakeEngine(steps=50) as engine:
-        use_engine(engine.url)
-        st.prior, st.prompt = head, "a knight"
-        assert bpy.ops.headsculpt.generate() == {"FINISHED"}
-        poll_until(scene, lambda: st.job_state == "running")
+        submit_job(bpy, scene, engine, head)
         job_id = st.job_id
         jobs = engine.jobs
     # The engine is gone: the error says so, the job id stays, polling goes on.
@@ -255,10 +261,7 @@ def test_cancel(bpy, scene, flame_template):
     head = import_flame(bpy, flame_template)
     st = scene.headsculpt
     with FakeEngine(steps=100) as engine:
-        use_engine(engine.url)
-        st.prior, st.prompt = head, "a knight"
-        bpy.ops.headsculpt.generate()
-        poll_until(scene, lambda: st.job_state == "running")
+        submit_job(bpy, scene, engine, head)
         refused(bpy.ops.headsculpt.generate)
         assert "already under way" in st.last_error
         assert bpy.ops.headsculpt.cancel() == {"FINISHED"}  # even while a refresh is under way
@@ -281,7 +284,7 @@ def test_add_base_head_stands_up_as_the_prior(bpy, scene):
     from headsculpt_blender.prior import mesh_arrays
 
     sent, _ = mesh_arrays(head, bpy.context.evaluated_depsgraph_get())
-    assert np.abs(sent - obj_vertices(path)).max() < 1e-5
+    assert np.abs(sent - obj_vertices(base_head_path())).max() < 1e-5
     world = world_vertices(head)
     extent = np.ptp(world, axis=0)
     assert extent[2] > extent[1]  # taller (Z) than deep (Y)
@@ -293,10 +296,7 @@ def test_job_resumes_after_reopening_the_file(bpy, scene, flame_template, tmp_pa
     head = import_flame(bpy, flame_template)
     st = scene.headsculpt
     with FakeEngine(steps=6) as engine:
-        use_engine(engine.url)
-        st.prior, st.prompt = head, "a knight"
-        bpy.ops.headsculpt.generate()
-        poll_until(scene, lambda: st.job_state == "running")
+        submit_job(bpy, scene, engine, head)
         job_id = st.job_id
         jobs.shutdown()  # as if Blender had closed: the work in memory is gone, the file keeps the job
         bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
@@ -356,10 +356,7 @@ def test_failed_job_reports_the_engines_reason_and_stops_polling(bpy, scene, fla
     head = import_flame(bpy, flame_template)
     st = scene.headsculpt
     with FakeEngine(steps=5, fail_at=2) as engine:
-        use_engine(engine.url)
-        st.prior, st.prompt = head, "a knight"
-        bpy.ops.headsculpt.generate()
-        poll_until(scene, lambda: st.job_state == "failed")
+        submit_job(bpy, scene, engine, head, until="failed")
         assert st.last_error == "The job failed: CUDA ran out of memory; try the draft preset."
         poll_until(scene, lambda: not jobs.busy(scene))
         assert jobs.poll_step(scene) is False and st.result_object is None
@@ -371,10 +368,7 @@ def test_prior_deleted_during_the_job_is_reported(bpy, scene, flame_template):
     head = import_flame(bpy, flame_template)
     st = scene.headsculpt
     with FakeEngine(steps=4) as engine:
-        use_engine(engine.url)
-        st.prior, st.prompt = head, "a knight"
-        bpy.ops.headsculpt.generate()
-        poll_until(scene, lambda: st.job_state == "running")
+        submit_job(bpy, scene, engine, head)
         bpy.data.objects.remove(head)
         poll_until(scene, lambda: st.job_state == "not imported")
         assert "the prior object is gone from the scene" in st.last_error

@@ -67,6 +67,10 @@ def tetrahedron_upload() -> dict:
             "faces_b64": base64.b64encode(faces.tobytes()).decode()}
 
 
+def upload_tetrahedron(client: TestClient) -> str:
+    return client.post("/v1/priors", json=tetrahedron_upload()).json()["prior_id"]
+
+
 def make_client(data: Path, jobs: FakeJobs, **options) -> TestClient:
     app = create_app(ServerOptions(data_dir=data, **options), TOKEN, run_job=jobs, build_prior=fake_build)
     return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -89,13 +93,20 @@ def wait_state(client: TestClient, job_id: str, states: tuple[str, ...], timeout
     raise AssertionError(f"job stayed {job['state']}: {job}")
 
 
+def wait_iteration(client: TestClient, job_id: str, at_least: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.get(f"/v1/jobs/{job_id}").json()["iteration"] < at_least:
+        assert time.monotonic() < deadline, f"job {job_id} did not reach iteration {at_least}"
+        time.sleep(0.01)
+
+
 def test_jobs_run_in_submission_order_and_report_results(tmp_path):
     jobs = FakeJobs()
     with make_client(tmp_path, jobs) as client:
         prior = client.post("/v1/priors", json=tetrahedron_upload())
         assert prior.status_code == 201
         prior_id = prior.json()["prior_id"]
-        assert client.post("/v1/priors", json=tetrahedron_upload()).json()["prior_id"] == prior_id
+        assert upload_tetrahedron(client) == prior_id
         assert prior.json()["landmarks"]["status"] == "missing"
         submitted = [submit(client, prior_id, f"head {i}") for i in range(3)]
         finished = [wait_state(client, job["job_id"], ("done",)) for job in submitted]
@@ -117,13 +128,10 @@ def test_jobs_run_in_submission_order_and_report_results(tmp_path):
 def test_cancel_queued_and_running_jobs(tmp_path):
     jobs = FakeJobs(steps=400, step_s=0.01)
     with make_client(tmp_path, jobs) as client:
-        prior_id = client.post("/v1/priors", json=tetrahedron_upload()).json()["prior_id"]
+        prior_id = upload_tetrahedron(client)
         running = submit(client, prior_id, "long")
         queued = submit(client, prior_id, "never runs")
-        deadline = time.monotonic() + 30
-        while client.get(f"/v1/jobs/{running['job_id']}").json()["iteration"] < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_iteration(client, running["job_id"], 2)
         assert client.post(f"/v1/jobs/{queued['job_id']}/cancel").json()["state"] == "cancelled"
         assert client.delete(f"/v1/jobs/{running['job_id']}").status_code == 409
         client.post(f"/v1/jobs/{running['job_id']}/cancel")
@@ -141,7 +149,7 @@ def test_a_failing_job_gets_a_reason_and_the_next_job_runs(tmp_path):
                       "oom": torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                       "ram": MemoryError(), "bug": RuntimeError("boom")}
     with make_client(tmp_path, jobs) as client:
-        prior_id = client.post("/v1/priors", json=tetrahedron_upload()).json()["prior_id"]
+        prior_id = upload_tetrahedron(client)
         bad, oom, ram, bug, good = (submit(client, prior_id, p) for p in ("bad", "oom", "ram", "bug", "good"))
         assert wait_state(client, bad["job_id"], ("failed",))["message"] == \
             "The prompt says nothing we can use; describe a head."
@@ -157,12 +165,11 @@ def test_a_failing_job_gets_a_reason_and_the_next_job_runs(tmp_path):
 def test_shutdown_requeues_the_running_job_and_a_restart_resumes_it(tmp_path):
     jobs = FakeJobs(steps=60, step_s=0.02)
     with make_client(tmp_path, jobs) as client:
-        prior_id = client.post("/v1/priors", json=tetrahedron_upload()).json()["prior_id"]
+        prior_id = upload_tetrahedron(client)
         job = submit(client, prior_id, "resumable")
         later = submit(client, prior_id, "later")
         wait_state(client, job["job_id"], ("running",))
-        while client.get(f"/v1/jobs/{job['job_id']}").json()["iteration"] < 3:
-            time.sleep(0.01)
+        wait_iteration(client, job["job_id"], 3)
     # The lifespan ended (as on SIGTERM): the job checkpointed and waits in the queue.
     store = JobStore(tmp_path)
     assert store.get(job["job_id"]).state == "queued"
@@ -203,7 +210,7 @@ def test_concurrent_claim_and_cancel_never_both_win(tmp_path):
 
 def test_preset_limit_and_edit_parent_checks(tmp_path):
     with make_client(tmp_path, FakeJobs(), preset_limit="draft") as client:
-        prior_id = client.post("/v1/priors", json=tetrahedron_upload()).json()["prior_id"]
+        prior_id = upload_tetrahedron(client)
         refused = client.post("/v1/jobs", json={"kind": "generate", "prior_id": prior_id, "prompt": "a",
                                                 "preset": "paper"})
         assert refused.status_code == 422 and "--preset-limit draft" in refused.json()["detail"]
