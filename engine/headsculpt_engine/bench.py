@@ -13,13 +13,16 @@ without backpropagating through it).
 """
 from __future__ import annotations
 
+import copy
 import math
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Callable
 
-from .config import CoarseConfig, FineConfig, RunConfig
+from .config import CoarseConfig, FineConfig, RunConfig, apply_overrides
+from .fast_path import VARIANTS, Variant, fast_path_report
 from .profiling import medians, time_steps
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ class BenchRequest:
     warmup: int = 2
     prompt: str = "a DSLR portrait of an old man"
     instruction: str = "make him wear glasses"
+    ablate: bool = False  # also time each stage once per `fast_path.VARIANTS` entry
 
 
 def resolve_bench_device(name: str) -> "torch.device":
@@ -91,7 +95,7 @@ def build_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", dev
 
 class ModelWatch:
     """Forward hooks that record the prompts the text encoder encodes (as token rows) and whether
-    the UNet ran with autograd on."""
+    autograd recorded the UNet (grad mode on, or an output that carries a graph)."""
 
     def __init__(self, models: "DiffusionModels"):
         self.text_encoder_calls = 0
@@ -115,7 +119,9 @@ class ModelWatch:
         import torch
 
         self.unet_calls += 1
-        self.unet_autograd = self.unet_autograd or torch.is_grad_enabled()
+        outputs = output if isinstance(output, (tuple, list)) else (getattr(output, "sample", output),)
+        recorded = any(isinstance(o, torch.Tensor) and o.requires_grad for o in outputs)
+        self.unet_autograd = self.unet_autograd or recorded or torch.is_grad_enabled()
 
     def close(self) -> None:
         for handle in self._handles:
@@ -166,23 +172,6 @@ class MemoryMeter:
             self._thread.join()
 
 
-def fast_path_report(models: "DiffusionModels") -> dict[str, Any]:
-    """What the fast path looks like on these models (read from the modules, not from the config)."""
-    import torch
-
-    def processors(module) -> list[str]:
-        return sorted({type(p).__name__ for p in module.attn_processors.values()})
-
-    controlnets = {"face_controlnet": models.face_controlnet, "ip2p_controlnet": models.ip2p_controlnet}
-    return {
-        "dtype": str(models.dtype).removeprefix("torch."),
-        "attention_processors": {"unet": processors(models.unet),
-                                 **{k: processors(m) for k, m in controlnets.items() if m is not None}},
-        "channels_last": models.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last),
-        "unet_compiled": getattr(models.unet, "_compiled_call_impl", None) is not None,
-    }
-
-
 def stage_backends(stage) -> dict[str, str]:
     """The hash grid (torch or tiny-cuda-nn) and rasteriser (torch or nvdiffrast) a stage runs on."""
     if hasattr(stage, "model"):  # coarse: a NeRF
@@ -192,9 +181,24 @@ def stage_backends(stage) -> dict[str, str]:
 
 
 def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", device: "torch.device",
-                request: BenchRequest, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Median seconds of a warm iteration of one stage, its split, peak memory and the model checks."""
-    stage = build_stage(kind, cfg, prior, models, device, request.instruction)
+                request: BenchRequest, progress: Callable[[int], None] | None = None,
+                variant: Variant | None = None) -> dict[str, Any]:
+    """Median seconds of a warm iteration of one stage, its split, peak memory and the model checks;
+    with a `variant`, of the stage with that part of the fast path turned off."""
+    import torch
+
+    if variant is not None:
+        cfg = apply_overrides(copy.deepcopy(cfg), list(variant.overrides))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # every stage (and variant) starts from the same draws
+        stage = build_stage(kind, cfg, prior, models, device, request.instruction)
+        with variant.applied(stage, models) if variant is not None else nullcontext():
+            return _time_stage(kind, stage, models, device, request, progress)
+
+
+def _time_stage(kind: str, stage, models: "DiffusionModels", device: "torch.device", request: BenchRequest,
+                progress: Callable[[int], None] | None) -> dict[str, Any]:
+    attention = fast_path_report(models)["attention_processors"]
     watch = ModelWatch(models)
     nonfinite = []
 
@@ -212,7 +216,12 @@ def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", dev
         watch.close()
     typical = medians(records)
     median = typical.pop("total")
+    coarse = {}
+    if kind == "coarse":  # the share of ray samples the occupancy grid let through, last step
+        c = stage.cfg.coarse
+        coarse["evaluated_sample_share"] = stage.last_samples_evaluated / (c.batch * c.resolution ** 2 * c.samples_per_ray)
     return {
+        **coarse,
         "backends": stage_backends(stage),
         "iterations": request.iterations,
         "warmup": request.warmup,
@@ -230,6 +239,7 @@ def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", dev
         "prompts_encoded_again": watch.repeated_prompts,
         "unet_calls": watch.unet_calls,
         "unet_autograd": watch.unet_autograd,
+        "attention_processors": attention,
         "nonfinite_losses": len(nonfinite),
     }
 
@@ -249,8 +259,6 @@ def machine_description(device: "torch.device") -> dict[str, Any]:
 def run_bench(cfg: RunConfig, request: BenchRequest, prior=None,
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Time `request.stages` with `cfg`'s settings; the result is what `--json` writes."""
-    import torch
-
     from .prior import builtin_prior
 
     unknown = set(request.stages) - set(STAGES)
@@ -262,13 +270,24 @@ def run_bench(cfg: RunConfig, request: BenchRequest, prior=None,
     cfg.prompt = cfg.prompt or request.prompt
     prior = prior if prior is not None else builtin_prior()
     models = load_bench_models(cfg, request.models, device, with_ip2p="edit" in request.stages)
-    stages = {}
-    for kind in request.stages:
-        steps = request.warmup + request.iterations
-        report = (lambda done, kind=kind: progress(kind, done, steps)) if progress is not None else None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            stages[kind] = bench_stage(kind, cfg, prior, models, device, request, report)
+    steps = request.warmup + request.iterations
+
+    def reporter(label: str) -> Callable[[int], None] | None:
+        return (lambda done: progress(label, done, steps)) if progress is not None else None
+
+    stages = {kind: bench_stage(kind, cfg, prior, models, device, request, reporter(kind))
+              for kind in request.stages}
+    ablation = {}
+    for variant in VARIANTS if request.ablate else ():
+        timed = {}
+        for kind in (k for k in request.stages if k in variant.stages):
+            timed[kind] = bench_stage(kind, cfg, prior, models, device, request,
+                                      reporter(f"{kind} {variant.name}"), variant)
+            timed[kind]["slowdown"] = (timed[kind]["median_seconds_per_iteration"]
+                                       / stages[kind]["median_seconds_per_iteration"])
+        if timed:
+            ablation[variant.name] = {"description": variant.description, "overrides": list(variant.overrides),
+                                      "stages": timed}
     projected = None
     if "coarse" in stages and "fine" in stages:
         projected = stages["coarse"]["projected_paper_seconds"] + stages["fine"]["projected_paper_seconds"]
@@ -285,6 +304,7 @@ def run_bench(cfg: RunConfig, request: BenchRequest, prior=None,
         "fast_path": fast_path_report(models),
         "stages": stages,
         "projected_paper_run_seconds": projected,
+        "ablation": ablation,
     }
 
 
@@ -314,6 +334,12 @@ def format_table(result: dict[str, Any]) -> str:
         f"channels-last {fast['channels_last']}; UNet compiled {fast['unet_compiled']}",
         f"full paper run (coarse + fine): {_duration(result['projected_paper_run_seconds'])}",
     ]
+    if result["ablation"]:
+        lines += ["", "fast path, one part off at a time (s/it, and times the fast path's):"]
+        for name, entry in result["ablation"].items():
+            cells = [f"{kind} {s['median_seconds_per_iteration']:.3f} (x{s['slowdown']:.2f})"
+                     for kind, s in entry["stages"].items()]
+            lines.append(f"  {name}: {', '.join(cells)}  [{entry['description']}]")
     if result["preset"] != "paper":
         lines.append(f"(timed with the {result['preset']} preset's settings: the projection is their time per "
                      f"iteration times the papers' iteration counts, not a paper-settings figure)")

@@ -59,6 +59,9 @@ class GuidanceConfig:
     resolution: int = 512
     controlnet_scale: float = 1.0
     grad_clip: float = 0.0  # 0: off; else clip |grad| elementwise to this value
+    # All classifier-free-guidance branches in one batched UNet call (fast path). False: one call per
+    # branch, which lowers the peak memory of the UNet's activations on small GPUs at some speed.
+    batched_cfg: bool = True
     # Back views have an empty landmark map. "none": predict without ControlNet (HeadSculpt);
     # "oval": draw only the face oval and keep the ControlNet (HeadArtist).
     back_view_policy: Literal["none", "oval"] = "none"

@@ -142,7 +142,7 @@ def test_generate_refuses_the_random_models(tmp_path, capsys):
 
 def test_compile_flag_compiles_the_unet_in_place():
     """`models.compile` wraps the UNet's forward with torch.compile (compiled on first call, not here)."""
-    from headsculpt_engine.bench import fast_path_report
+    from headsculpt_engine.fast_path import fast_path_report
     from headsculpt_engine.config import preset_config
     from headsculpt_engine.models.loading import load_diffusion_models
 
@@ -152,3 +152,30 @@ def test_compile_flag_compiles_the_unet_in_place():
     report = fast_path_report(models)
     assert report["unet_compiled"] is True and report["channels_last"] is False  # channels-last: CUDA only
     assert type(models.unet).__name__ == "UNet2DConditionModel"
+
+
+def test_bench_ablate_turns_each_part_of_the_fast_path_off(tmp_path, capsys):
+    """`--ablate` times the stage again once per fast-path part, and each variant really runs without
+    that part: the checks the bench reads off the models flip."""
+    from headsculpt_engine.fast_path import VARIANTS
+
+    out = tmp_path / "ablate.json"
+    assert main(["bench", "--models", "tiny", "--device", "cpu", "--stage", "coarse", "--preset", "tiny",
+                 "--iters", "2", "--warmup", "0", "--ablate", "--json", str(out)]) == 0
+    assert "one part off at a time" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    fast = result["stages"]["coarse"]
+    assert set(result["ablation"]) == {v.name for v in VARIANTS}  # every variant applies to the coarse stage
+    slow = {name: entry["stages"]["coarse"] for name, entry in result["ablation"].items()}
+    for name, stage in slow.items():
+        assert stage["slowdown"] == pytest.approx(stage["median_seconds_per_iteration"]
+                                                  / fast["median_seconds_per_iteration"]), name
+    assert fast["unet_calls"] == 2 and slow["sequential_cfg"]["unet_calls"] == 4  # two steps
+    assert fast["unet_autograd"] is False and slow["unet_autograd"]["unet_autograd"] is True
+    assert fast["attention_processors"]["unet"] == ["AttnProcessor2_0"]
+    assert slow["classic_attention"]["attention_processors"]["unet"] == ["AttnProcessor"]
+    # Two steps: without the cache the second step encodes the first step's prompts again.
+    assert fast["prompts_encoded_again"] == 0 and slow["no_text_cache"]["prompts_encoded_again"] > 0
+    assert slow["no_occupancy_skipping"]["evaluated_sample_share"] > fast["evaluated_sample_share"]
+    # The variants put everything back: the stages timed after them ran on the fast path again.
+    assert result["fast_path"]["attention_processors"]["unet"] == ["AttnProcessor2_0"]

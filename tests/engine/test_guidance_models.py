@@ -1,5 +1,6 @@
 """SDS, SSD and IESD with the tiny UNet + ControlNets, against independent computations (HeadSculpt
 Eq. 1, 5, 7; HeadArtist Eq. 6)."""
+import copy
 import dataclasses
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from headsculpt_engine.cameras import orbit_cameras
-from headsculpt_engine.config import preset_config
+from headsculpt_engine.config import apply_overrides, preset_config
+from headsculpt_engine.fast_path import VARIANTS, fast_path_report
 from headsculpt_engine.guidance.base import GuidanceInputs, sds_weight
 from headsculpt_engine.guidance.factory import SsdPhases, build_edit_guidance, build_guidance
 from headsculpt_engine.models.loading import load_diffusion_models
@@ -191,6 +193,26 @@ def test_memory_options_do_not_change_the_gradient(models, cfg, batch):
     out, _ = run(build_guidance(cfg, sliced, "a man", generator=torch.Generator().manual_seed(SEED)),
                  images, cams, maps)
     assert torch.allclose(out.grad, reference.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if "edit" in v.stages], ids=lambda v: v.name)
+def test_turning_a_fast_path_part_off_changes_speed_never_the_gradient(models, cfg, batch, variant):
+    """What `headsculpt bench --ablate` measures is the same computation: IESD (both ControlNets, four
+    branches) gives the same gradient with the part off, and the models are put back afterwards."""
+    cams, images, maps, reference = batch
+
+    def iesd_grad(settings):
+        guidance = build_edit_guidance(settings, models, "a man", "make him old",
+                                       generator=torch.Generator().manual_seed(SEED))
+        out, _ = run(guidance, images, cams, maps, reference)
+        return out.grad
+
+    expected, report = iesd_grad(cfg), fast_path_report(models)
+    with variant.applied(None, models):
+        varied = iesd_grad(apply_overrides(copy.deepcopy(cfg), list(variant.overrides)))
+    assert torch.allclose(varied, expected, rtol=1e-4, atol=1e-5)
+    assert fast_path_report(models) == report and models.prompts.cache
+    assert all("forward" not in vars(m) for m in (models.unet, models.face_controlnet, models.ip2p_controlnet))
 
 
 def test_default_generator_follows_the_run_seed(models, cfg, batch):

@@ -26,6 +26,10 @@ def register(subparsers) -> None:
     parser.add_argument("--preset", default="paper", choices=PRESETS, help="settings to time (default paper)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a setting, e.g. --set guidance.resolution=256 or --set models.compile=true")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also time each stage once more per part of the fast path, with that part turned off "
+                             "(batched CFG, no autograd through the UNet, SDPA attention, cached text embeddings, "
+                             "occupancy skipping): what each part gains")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
     parser.set_defaults(run=run)
@@ -46,11 +50,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(str(error)) from error
     cfg.seed = args.seed
     request = BenchRequest(stages=STAGES if args.stage == "all" else (args.stage,), models=args.models,
-                           device=args.device, iterations=args.iters, warmup=args.warmup)
+                           device=args.device, iterations=args.iters, warmup=args.warmup,
+                           ablate=args.ablate)
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=f"{stage:>7}", unit="it"))
+        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=stage, unit="it"))
         bar.update(done - bar.n)
         if done == total:
             bar.close()

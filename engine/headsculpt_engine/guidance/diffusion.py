@@ -74,14 +74,18 @@ class Branch:
 
 
 class ControlledUNet:
-    """Runs several branches through the UNet in one batched call, with their ControlNet residuals."""
+    """Runs several branches through the UNet with their ControlNet residuals: in one batched call
+    (`batched`, the fast path), or one call per branch (less activation memory at a time)."""
 
-    def __init__(self, unet):
+    def __init__(self, unet, batched: bool = True):
         self.unet = unet
+        self.batched = batched
 
     def __call__(self, noisy: "torch.Tensor", timesteps: "torch.Tensor", branches: Sequence[Branch]) -> list["torch.Tensor"]:
         with section("unet_controlnet"):
-            return self._predict(noisy, timesteps, branches)
+            if self.batched:
+                return self._predict(noisy, timesteps, branches)
+            return [self._predict(noisy, timesteps, [branch])[0] for branch in branches]
 
     def _predict(self, noisy: "torch.Tensor", timesteps: "torch.Tensor", branches: Sequence[Branch]) -> list["torch.Tensor"]:
         import torch
@@ -141,9 +145,9 @@ class LandmarkPredictor:
     """
 
     def __init__(self, models: "DiffusionModels", prompt: str, negative_prompt: str = "", resolution: int = 512,
-                 back_view_policy: str = "none", controlnet_scale: float = 1.0):
+                 back_view_policy: str = "none", controlnet_scale: float = 1.0, batched_cfg: bool = True):
         self.models = models
-        self.unet = ControlledUNet(models.unet)
+        self.unet = ControlledUNet(models.unet, batched=batched_cfg)
         self.prompt = prompt
         self.negative_prompt = negative_prompt
         self.resolution = resolution

@@ -19,12 +19,17 @@ def view_prompt(prompt: str, view: str, back_view_token: str | None = None) -> s
 
 
 class PromptEncoder:
-    """CLIP text embeddings of prompts, each computed once (the same few prompts recur every step)."""
+    """CLIP text embeddings of prompts, each computed once (the same few prompts recur every step).
+
+    `cache = False` encodes every prompt at every call: only `headsculpt bench --ablate` sets it, to
+    measure what the cache saves.
+    """
 
     def __init__(self, tokenizer, text_encoder, device: "torch.device"):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.device = device
+        self.cache = True
         self.back_view_token: str | None = None
         self._cache: dict[str, "torch.Tensor"] = {}
 
@@ -63,6 +68,8 @@ class PromptEncoder:
         """(len(prompts), 77, D) last hidden states of the text encoder, as Stable Diffusion uses."""
         import torch
 
+        if not self.cache:
+            self._cache.clear()
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if missing:
             tokens = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length,
