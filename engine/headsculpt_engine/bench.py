@@ -37,6 +37,8 @@ SPLIT = ("render", "vae_encode", "unet_controlnet", "guidance", "backward", "opt
 # an edit is a fine stage of the same length.
 PAPER_ITERATIONS = {"coarse": CoarseConfig().iterations, "fine": FineConfig().iterations,
                     "edit": FineConfig().iterations}
+# Issue #10's per-iteration targets on one H100 at the papers' settings (a full run in 15 minutes).
+TARGET_SECONDS = {"coarse": 0.06, "fine": 0.09}
 
 
 @dataclass
@@ -172,6 +174,25 @@ class MemoryMeter:
             self._thread.join()
 
 
+def count_step_flops(stage, iteration: int, models: "DiffusionModels") -> dict[str, Any]:
+    """The arithmetic of one more step, in TFLOP, counted by PyTorch's FlopCounterMode (matrix
+    products, convolutions, attention, forward and backward; tiny-cuda-nn's fused kernels are not
+    seen), split by network: UNet, ControlNet(s), VAE, and the rest (renderer, field, loss)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        stage.step(iteration)
+    by_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    # The counter names a module called at the top level by its class; the codec calls the VAE's
+    # `encode`, which runs its encoder (its 1x1 quant_conv, a negligible part, counts as "other").
+    names = {"unet": [type(models.unet).__name__], "controlnets": [type(models.face_controlnet).__name__],
+             "vae": [type(models.vae).__name__, type(models.vae.encoder).__name__]}
+    split = {part: sum(by_module.get(name, 0) for name in found) / 1e12 for part, found in names.items()}
+    total = counter.get_total_flops() / 1e12
+    split["other"] = max(total - sum(split.values()), 0.0)
+    return {"tflop_per_iteration": total, "tflop_split": split}
+
+
 def stage_backends(stage) -> dict[str, str]:
     """The hash grid (torch or tiny-cuda-nn) and rasteriser (torch or nvdiffrast) a stage runs on."""
     if hasattr(stage, "model"):  # coarse: a NeRF
@@ -193,7 +214,14 @@ def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", dev
         torch.manual_seed(cfg.seed)  # every stage (and variant) starts from the same draws
         stage = build_stage(kind, cfg, prior, models, device, request.instruction)
         with variant.applied(stage, models) if variant is not None else nullcontext():
-            return _time_stage(kind, stage, models, device, request, progress)
+            result = _time_stage(kind, stage, models, device, request, progress)
+        if variant is None:
+            result.update(count_step_flops(stage, request.warmup + request.iterations, models))
+            result["achieved_tflops"] = result["tflop_per_iteration"] / result["median_seconds_per_iteration"]
+            if kind in TARGET_SECONDS:
+                result["target_seconds_per_iteration"] = TARGET_SECONDS[kind]
+                result["tflops_needed_for_target"] = result["tflop_per_iteration"] / TARGET_SECONDS[kind]
+        return result
 
 
 def _time_stage(kind: str, stage, models: "DiffusionModels", device: "torch.device", request: BenchRequest,
@@ -334,6 +362,13 @@ def format_table(result: dict[str, Any]) -> str:
         f"channels-last {fast['channels_last']}; UNet compiled {fast['unet_compiled']}",
         f"full paper run (coarse + fine): {_duration(result['projected_paper_run_seconds'])}",
     ]
+    lines += ["", "arithmetic of one iteration (FlopCounterMode) and the rate it ran at:"]
+    for kind, s in result["stages"].items():
+        split = ", ".join(f"{part} {value:.3g}" for part, value in s["tflop_split"].items())
+        needed = (f"; the H100 target of {s['target_seconds_per_iteration']} s/it needs "
+                  f"{s['tflops_needed_for_target']:.3g} TFLOP/s" if "target_seconds_per_iteration" in s else "")
+        lines.append(f"  {kind}: {s['tflop_per_iteration']:.3g} TFLOP ({split}), ran at "
+                     f"{s['achieved_tflops']:.3g} TFLOP/s{needed}")
     if result["ablation"]:
         lines += ["", "fast path, one part off at a time (s/it, and times the fast path's):"]
         for name, entry in result["ablation"].items():

@@ -46,6 +46,18 @@ def test_bench_tiny_all_stages_reports_every_field(tmp_path, capsys):
         assert stage["unet_calls"] == 2 and stage["unet_autograd"] is False and stage["nonfinite_losses"] == 0
         assert stage["prompts_encoded_again"] == 0  # text embeddings come from the cache
     assert result["stages"]["coarse"]["prompts_encoded"] > 0  # the first stage fills the cache
+    for kind, stage in result["stages"].items():
+        split = stage["tflop_split"]
+        assert min(split["unet"], split["controlnets"], split["vae"]) > 0 and split["other"] >= 0, kind
+        assert sum(split.values()) == pytest.approx(stage["tflop_per_iteration"])
+        assert stage["achieved_tflops"] == pytest.approx(stage["tflop_per_iteration"]
+                                                         / stage["median_seconds_per_iteration"])
+    # The edit's UNet runs four branches to the fine stage's two, on the same latents: twice the arithmetic.
+    unet = {kind: result["stages"][kind]["tflop_split"]["unet"] for kind in STAGES}
+    assert unet["edit"] == pytest.approx(2 * unet["fine"]) and unet["coarse"] == pytest.approx(unet["fine"])
+    assert result["stages"]["coarse"]["tflops_needed_for_target"] == pytest.approx(
+        result["stages"]["coarse"]["tflop_per_iteration"] / 0.06)
+    assert "target_seconds_per_iteration" not in result["stages"]["edit"]
     assert [result["stages"][k]["paper_iterations"] for k in STAGES] == [7000, 5000, 5000]
     assert result["projected_paper_run_seconds"] == pytest.approx(
         result["stages"]["coarse"]["projected_paper_seconds"] + result["stages"]["fine"]["projected_paper_seconds"])

@@ -169,3 +169,20 @@ def test_unwrap_survives_an_xatlas_crash():
     assert mesh.faces.shape == sphere.faces.shape
     assert mesh.uvs.min() >= 0.0 and mesh.uvs.max() <= 1.0
     assert 0.97 < uv_overlap_ratio(mesh, 1024) < 1.03
+
+
+def test_mesh_benchmark_times_the_rasteriser_and_a_whole_export(capsys):
+    """`python -m headsculpt_engine.mesh.benchmark` (docs/benchmarks.md) at a small size."""
+    import re
+
+    from headsculpt_engine.mesh.benchmark import main
+
+    assert main(["raster", "export", "--tet-resolution", "24", "--texture", "128"]) == 0
+    printed = capsys.readouterr().out
+    raster = re.findall(r"^torch raster\+interpolate\+antialias (\d+) tris, (\d)x(\d+)\^2: ([\d.]+) s$", printed, re.M)
+    assert [(int(t), int(b), int(s)) for t, b, s, _ in raster] == [(20480, 1, 512), (327680, 1, 128), (327680, 4, 64)]
+    assert all(float(seconds) > 0 for *_, seconds in raster)
+    export = re.search(r"^export (\d+) tris, analytic colour, 128\^2 texture, (\d+) files: ([\d.]+) s \((.*)\)$",
+                       printed, re.M)
+    assert export and int(export[1]) > 1000 and int(export[2]) >= 5 and float(export[3]) > 0
+    assert "unwrap" in export[4] and "bake" in export[4]

@@ -1,0 +1,114 @@
+"""Timings of the mesh side for docs/benchmarks.md ("Fine stage and export"): the rasteriser and the export.
+
+    python -m headsculpt_engine.mesh.benchmark [raster] [export] [export-field] [--device cpu|cuda]
+
+raster: rasterise + interpolate + antialias of icospheres at three sizes (best of 3), with the
+rasteriser the device gets (nvdiffrast on CUDA when installed, else the PyTorch one).
+export: the whole export (unwrap, bake, GLB + OBJ/MTL/PNG, turntable, GIF, JSON) of a ~190k-triangle
+ellipsoid from marching tetrahedra with a 2048x2048 texture; colours from an analytic field, or with
+`export-field` from a fresh `HeadField` at the paper's settings (the real cost of evaluating it).
+The fine stage's iteration is timed by `headsculpt bench --stage fine`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_raster(device: torch.device, sizes=((5, 512, 1), (7, 128, 1), (7, 64, 4))) -> None:
+    """`sizes`: (icosphere subdivisions, image size, batch) triples."""
+    import trimesh
+
+    from ..cameras import orbit_cameras
+    from .raster import make_rasterizer
+
+    rast = make_rasterizer(device, "auto")
+    for subdivisions, size, batch in sizes:
+        sphere = trimesh.creation.icosphere(subdivisions=subdivisions, radius=0.45)
+        v = torch.tensor(sphere.vertices, dtype=torch.float32, device=device)
+        f = torch.tensor(sphere.faces, dtype=torch.int32, device=device)
+        cams = orbit_cameras([0.0] * batch, width=size, height=size, device=device)
+
+        def run():
+            out = rast.rasterize(v, f, cams)
+            rast.antialias(rast.interpolate(v, out, f), out, v, f, cams)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        print(f"{rast.name} raster+interpolate+antialias {len(f)} tris, {batch}x{size}^2: {best_of(run):.3f} s")
+
+
+class AnalyticColour(torch.nn.Module):
+    """Two colours split by the plane x = 0, with the colour interface the export evaluates."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
+
+    def albedo(self, x: torch.Tensor) -> torch.Tensor:
+        left = torch.tensor([0.8, 0.3, 0.2], device=x.device)
+        right = torch.tensor([0.2, 0.4, 0.9], device=x.device)
+        return torch.where(x[:, :1] < 0, left, right)
+
+
+def bench_export(head_field: bool, tet_resolution: int = 160, texture: int = 2048) -> None:
+    from ..config import CoarseConfig, ExportConfig
+    from ..prior import builtin_prior
+    from ..stages.fine import FineResult
+    from .export import export_avatar
+    from .marching import marching_tets
+    from .tets import band_grid
+
+    radii = torch.tensor([1.0, 0.85, 1.1])
+    grid, sdf = band_grid(tet_resolution, lambda p: (p * radii).norm(dim=-1) - 0.5, band_cells=2.0)
+    vertices, faces = marching_tets(grid.vertices, sdf, grid.tets)
+    prior = builtin_prior()  # only its frame is used: the mesh is written in its canonical frame
+    if head_field:
+        from ..nerf.field import HeadField
+
+        colour = HeadField(CoarseConfig(), prior)
+    else:
+        colour = AnalyticColour()
+    result = FineResult(vertices=vertices.detach(), faces=faces, colour=colour)
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        files = export_avatar(result, prior, ExportConfig(texture_size=texture), Path(out), {})
+        total = time.perf_counter() - start
+        phases = json.loads(Path(out, "avatar.json").read_text())["export"]["timings"]
+    print(f"export {len(faces)} tris, {'HeadField' if head_field else 'analytic'} colour, {texture}^2 texture, "
+          f"{len(files)} files: {total:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + ")")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="*", choices=("raster", "export", "export-field"), default=["raster", "export"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tet-resolution", type=int, default=160, help="export mesh: tet grid (160: ~190k triangles)")
+    parser.add_argument("--texture", type=int, default=2048, help="export texture size")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if "raster" in args.what:
+        bench_raster(device)
+    if "export" in args.what:
+        bench_export(False, args.tet_resolution, args.texture)
+    if "export-field" in args.what:
+        bench_export(True, args.tet_resolution, args.texture)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
