@@ -174,13 +174,29 @@ class MemoryMeter:
             self._thread.join()
 
 
-def count_step_flops(stage, iteration: int, models: "DiffusionModels") -> dict[str, Any]:
-    """The arithmetic of one more step, in TFLOP, counted by PyTorch's FlopCounterMode (matrix
-    products, convolutions, attention, forward and backward; tiny-cuda-nn's fused kernels are not
-    seen), split by network: UNet, ControlNet(s), VAE, and the rest (renderer, field, loss)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def flop_counter():
+    """PyTorch's FlopCounterMode, taught the CPU's fused attention kernel (it knows only the CUDA ones,
+    and would count no attention at all on the CPU)."""
+    import torch
+    from torch.utils import flop_counter as fc
 
-    with FlopCounterMode(display=False) as counter:
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    aten = torch.ops.aten
+    return fc.FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
+
+
+def count_step_flops(stage, iteration: int, models: "DiffusionModels") -> dict[str, Any]:
+    """The arithmetic of one more step, in TFLOP, counted by `flop_counter` (matrix products,
+    convolutions, attention, forward and backward; tiny-cuda-nn's fused kernels are not seen), split
+    by network: UNet, ControlNet(s), VAE, and the rest (renderer, field, loss)."""
+    with flop_counter() as counter:
         stage.step(iteration)
     by_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     # The counter names a module called at the top level by its class; the codec calls the VAE's
@@ -236,6 +252,8 @@ def _time_stage(kind: str, stage, models: "DiffusionModels", device: "torch.devi
         if not math.isfinite(loss):
             nonfinite.append(loss)
 
+    if progress is not None:
+        progress(0)  # the bar appears (and its clock starts) before the first step
     try:
         with MemoryMeter(device) as meter:
             records = time_steps(stage, request.iterations, request.warmup, device, after_step=after_step,

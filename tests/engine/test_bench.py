@@ -191,3 +191,31 @@ def test_bench_ablate_turns_each_part_of_the_fast_path_off(tmp_path, capsys):
     assert slow["no_occupancy_skipping"]["evaluated_sample_share"] > fast["evaluated_sample_share"]
     # The variants put everything back: the stages timed after them ran on the fast path again.
     assert result["fast_path"]["attention_processors"]["unet"] == ["AttnProcessor2_0"]
+
+
+def test_flop_counter_counts_attention_on_the_cpu_as_on_cuda():
+    """The fused CPU attention (SDPA) is counted, as PyTorch counts the CUDA kernels: 2 * 2 * B * H * L^2 * D
+    forward (Q K^T and the weighted sum of V), like the explicit attention."""
+    import torch
+    import torch.nn.functional as F
+
+    from headsculpt_engine.bench import flop_counter
+
+    b, h, length, d = 2, 3, 64, 8
+    q, k, v = (torch.randn(b, h, length, d, requires_grad=True) for _ in range(3))
+
+    def explicit():
+        return torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=-1) @ v
+
+    counts = {}
+    for name, attention in (("sdpa", lambda: F.scaled_dot_product_attention(q, k, v)), ("explicit", explicit)):
+        with flop_counter() as counter:
+            out = attention()
+        forward = counter.get_total_flops()
+        with flop_counter() as counter:
+            out.sum().backward()
+        counts[name] = (forward, counter.get_total_flops())
+    unit = b * h * length ** 2 * d
+    assert counts["sdpa"][0] == counts["explicit"][0] == 4 * unit
+    # Backward: four products of the explicit form; the fused kernel recomputes Q K^T, a fifth.
+    assert counts["explicit"][1] == 8 * unit and counts["sdpa"][1] == 10 * unit
