@@ -239,3 +239,22 @@ def test_landmark_indices_reach_the_prior_builder_as_a_file(tmp_path):
         assert out_of_range.status_code == 422 and "below 4" in out_of_range.json()["detail"]
         too_few = client.post("/v1/priors", json={**tetrahedron_upload(), "landmark_indices": [0] * 477})
         assert too_few.status_code == 422 and "landmark_indices" in too_few.json()["detail"]
+
+
+def test_jobs_submitted_at_once_are_stamped_in_queue_order(tmp_path):
+    """created_at follows the queue (seq) order even when many requests submit at the same moment."""
+    store = JobStore(tmp_path)
+    barrier = threading.Barrier(8)
+
+    def submit_some(name: str) -> None:
+        barrier.wait(30)
+        for i in range(10):
+            store.submit("generate", {"prompt": f"{name} {i}", "seed": 0, "preset": "tiny", "prior_id": "p"})
+
+    threads = [threading.Thread(target=submit_some, args=(f"client {n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    stamps = [job.created_at for job in store.list()]
+    assert len(stamps) == 80 and stamps == sorted(stamps)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from contextlib import closing
@@ -69,6 +70,7 @@ class JobStore:
         self.jobs_dir = self.data_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / "jobs.sqlite3"
+        self._submit_lock = threading.Lock()
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
@@ -98,11 +100,13 @@ class JobStore:
 
     def submit(self, kind: str, request: dict[str, Any]) -> JobRecord:
         job_id = uuid.uuid4().hex
-        now = time.time()
         self.run_dir(job_id).mkdir(parents=True)
-        self._execute(
-            "INSERT INTO jobs (job_id, kind, state, request, created_at, updated_at) "
-            "VALUES (?, ?, 'queued', ?, ?, ?)", (job_id, kind, json.dumps(request), now, now))
+        # Stamp and insert under one lock: two requests at once then get created_at in queue (seq) order.
+        with self._submit_lock:
+            now = time.time()
+            self._execute(
+                "INSERT INTO jobs (job_id, kind, state, request, created_at, updated_at) "
+                "VALUES (?, ?, 'queued', ?, ?, ?)", (job_id, kind, json.dumps(request), now, now))
         job = self.get(job_id)
         assert job is not None
         return job
