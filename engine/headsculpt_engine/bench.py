@@ -39,6 +39,8 @@ PAPER_ITERATIONS = {"coarse": CoarseConfig().iterations, "fine": FineConfig().it
                     "edit": FineConfig().iterations}
 # Issue #10's per-iteration targets on one H100 at the papers' settings (a full run in 15 minutes).
 TARGET_SECONDS = {"coarse": 0.06, "fine": 0.09}
+# Issue #6's budget: an edit iteration (IESD) costs at most this many fine-stage (SDS) iterations.
+EDIT_BUDGET_RATIO = 2.2
 
 
 @dataclass
@@ -88,10 +90,15 @@ def build_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", dev
         from .stages.fine import build_fine_stage
 
         return build_fine_stage(cfg, prior, build_guidance(cfg, models), device)
-    if kind == "edit":
-        from .stages.edit_bench import build_edit_stage
+    if kind == "edit":  # IESD, with its frozen pre-edit avatar for M_pi
+        from .guidance.factory import build_edit_guidance
+        from .stages.fine import build_fine_stage
+        from .stages.refine import FrozenAvatar, RefineStage
 
-        return build_edit_stage(cfg, prior, models, instruction, device)
+        edit = build_fine_stage(cfg, prior, build_edit_guidance(cfg, models, cfg.prompt, instruction), device,
+                                stage_class=RefineStage, name="edit", reference=True)
+        edit.reference = FrozenAvatar.from_stage(edit)
+        return edit
     raise ValueError(f"Unknown stage {kind!r}: one of {', '.join(STAGES)}.")
 
 
@@ -337,6 +344,9 @@ def run_bench(cfg: RunConfig, request: BenchRequest, prior=None,
     projected = None
     if "coarse" in stages and "fine" in stages:
         projected = stages["coarse"]["projected_paper_seconds"] + stages["fine"]["projected_paper_seconds"]
+    edit_ratio = None
+    if "fine" in stages and "edit" in stages:
+        edit_ratio = stages["edit"]["median_seconds_per_iteration"] / stages["fine"]["median_seconds_per_iteration"]
     g, c, f = cfg.guidance, cfg.coarse, cfg.fine
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -350,6 +360,8 @@ def run_bench(cfg: RunConfig, request: BenchRequest, prior=None,
         "fast_path": fast_path_report(models),
         "stages": stages,
         "projected_paper_run_seconds": projected,
+        "edit_to_fine_ratio": edit_ratio,
+        "edit_budget_ratio": EDIT_BUDGET_RATIO,
         "ablation": ablation,
     }
 
@@ -380,6 +392,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"channels-last {fast['channels_last']}; UNet compiled {fast['unet_compiled']}",
         f"full paper run (coarse + fine): {_duration(result['projected_paper_run_seconds'])}",
     ]
+    if result["edit_to_fine_ratio"] is not None:
+        lines.append(f"an edit iteration costs {result['edit_to_fine_ratio']:.2f} fine iterations "
+                     f"(budget {result['edit_budget_ratio']})")
     lines += ["", "arithmetic of one iteration (FlopCounterMode) and the rate it ran at:"]
     for kind, s in result["stages"].items():
         split = ", ".join(f"{part} {value:.3g}" for part, value in s["tflop_split"].items())

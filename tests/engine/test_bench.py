@@ -58,6 +58,9 @@ def test_bench_tiny_all_stages_reports_every_field(tmp_path, capsys):
     assert result["stages"]["coarse"]["tflops_needed_for_target"] == pytest.approx(
         result["stages"]["coarse"]["tflop_per_iteration"] / 0.06)
     assert "target_seconds_per_iteration" not in result["stages"]["edit"]
+    assert result["edit_to_fine_ratio"] == pytest.approx(result["stages"]["edit"]["median_seconds_per_iteration"]
+                                                         / result["stages"]["fine"]["median_seconds_per_iteration"])
+    assert "an edit iteration costs" in printed
     assert [result["stages"][k]["paper_iterations"] for k in STAGES] == [7000, 5000, 5000]
     assert result["projected_paper_run_seconds"] == pytest.approx(
         result["stages"]["coarse"]["projected_paper_seconds"] + result["stages"]["fine"]["projected_paper_seconds"])

@@ -239,3 +239,19 @@ def test_iesd_needs_reference_renders_and_the_ip2p_controlnet(models, cfg, batch
     without_ip2p = dataclasses.replace(models, ip2p_controlnet=None)
     with pytest.raises(ValueError, match="with_ip2p"):
         build_edit_guidance(cfg, without_ip2p, "a man", "make him old")
+
+
+def test_guidance_benchmark_times_a_step(capsys):
+    """`python -m headsculpt_engine.guidance.benchmark` (docs/benchmarks.md, "Guidance") at a small size."""
+    import re
+
+    from headsculpt_engine.guidance.benchmark import main
+
+    assert main(["--kind", "iesd", "--batch", "2", "--resolution", "32", "--repeats", "2"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    found = re.match(r"iesd step, batch 2, 32x32, models tiny, cpu, torch threads \d+: wall median ([\d.]+) ms "
+                     r"\(min ([\d.]+); VAE encode ([\d.]+), UNet \+ ControlNet ([\d.]+)\), CPU median ([\d.]+) ms, n=2$",
+                     line)
+    assert found, line
+    median, least, vae, unet, _ = map(float, found.groups())
+    assert 0 < least <= median and 0 < vae < median and 0 < unet < median

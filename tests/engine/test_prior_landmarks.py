@@ -202,3 +202,19 @@ def test_builtin_mesh_comes_from_its_generator_in_the_canonical_frame(base_prior
     assert points[1][2] > np.percentile(vertices[:, 2], 99)
     assert points[33][1] > points[1][1] > points[13][1]
     assert points[33][0] < 0 < points[263][0]
+
+
+def test_prior_benchmark_times_detection_and_a_map(capsys):
+    """`python -m headsculpt_engine.prior.benchmark` (docs/benchmarks.md, "Head prior") on the built-in head."""
+    import re
+
+    from headsculpt_engine.prior.benchmark import main
+
+    assert main(["--repeats", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^mesh: \d+ vertices, \d+ faces; torch threads \d+$", printed, re.M), printed
+    detection = re.search(r"^landmark detection: wall ([\d.]+) s, cpu ([\d.]+) s$", printed, re.M)
+    drawing = re.search(r"^landmark map 512x512 over 2: wall median ([\d.]+) ms \(min ([\d.]+)\), cpu median ([\d.]+) ms$",
+                        printed, re.M)
+    assert detection and float(detection[1]) > 0
+    assert drawing and 0 < float(drawing[2]) <= float(drawing[1])
