@@ -109,3 +109,32 @@ def test_generate_on_the_builtin_head(bpy, engine_scene):
     assert head is not None and head.name == "HeadSculpt base head"
     avatar = generate_on(bpy, engine_scene, head, "a bronze statue")
     check_avatar(bpy, avatar, head, "a head of a bronze statue")
+
+
+@pytest.fixture(scope="module")
+def remote_engine(tmp_path_factory):
+    """A real engine the add-on did not start (`headsculpt serve`, tiny models), reached by URL and token
+    as a remote GPU machine is."""
+    from server.engine_server import EngineServer
+
+    with EngineServer(tmp_path_factory.mktemp("remote-engine")) as server:
+        yield server
+
+
+def test_generate_through_a_remote_engine(bpy, scene, remote_engine):
+    from helpers import use_engine
+
+    assert bpy.ops.headsculpt.add_base_head() == {"FINISHED"}
+    head, st = scene.headsculpt.prior, scene.headsculpt
+    objects_before = set(bpy.data.objects)
+
+    use_engine(remote_engine.url, "not-the-token")
+    st.prior, st.prompt_prefix, st.prompt, st.preset, st.seed = head, "a head of", "a marble bust", "tiny", 3
+    assert bpy.ops.headsculpt.generate() == {"FINISHED"}  # the upload runs in the background
+    poll_until(scene, lambda: bool(st.last_error), timeout=120, interval=0.2)
+    assert "refused the access token" in st.last_error and st.job_state not in ("queued", "running")
+    assert set(bpy.data.objects) == objects_before and st.prompt == "a marble bust"  # nothing lost or added
+
+    use_engine(remote_engine.url, remote_engine.token)
+    avatar = generate_on(bpy, scene, head, "a marble bust")
+    check_avatar(bpy, avatar, head, "a head of a marble bust")
