@@ -255,3 +255,27 @@ def test_guidance_benchmark_times_a_step(capsys):
     assert found, line
     median, least, vae, unet, _ = map(float, found.groups())
     assert 0 < least <= median and 0 < vae < median and 0 < unet < median
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_networks_keep_the_float32_gradient(models, cfg, batch, dtype):
+    """The CUDA set-up, here on the CPU: UNet, ControlNets and VAE (its encoder's backward included) in
+    half precision, renders, loss and gradient in float32. The gradient reaches the float32 renders and
+    stays close to the all-float32 one."""
+    cams, images, maps, reference = batch
+    half = load_diffusion_models(dataclasses.replace(cfg.models, dtype=dtype), "cpu", with_ip2p=True)
+    assert half.unet.dtype == half.vae.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+    def iesd(loaded):
+        guidance = build_edit_guidance(cfg, loaded, "a man", "make him old", generator=torch.Generator().manual_seed(SEED))
+        return run(guidance, images, cams, maps, reference)
+
+    (full_out, full_image), (half_out, half_image) = iesd(models), iesd(half)
+    assert half_out.grad.dtype == half_image.grad.dtype == torch.float32
+    assert torch.isfinite(half_image.grad).all() and half_image.grad.abs().max() > 0
+
+    def close(a, b):
+        # (Predicting no noise at all would still give a cosine of about 0.94: the added noise is shared.)
+        return F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.998 and (a - b).norm() < 0.05 * b.norm()
+
+    assert close(half_out.grad, full_out.grad) and close(half_image.grad, full_image.grad)
