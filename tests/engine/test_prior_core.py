@@ -11,7 +11,8 @@ from headsculpt_engine.errors import InputError
 from headsculpt_engine.prior.density import density_prior
 from headsculpt_engine.prior.frame import NORMALISED_RADIUS, PriorTransform
 from headsculpt_engine.prior.head import HeadPrior, load_prior
-from headsculpt_engine.prior.landmark_map import GROUP_COLOURS, IRIS_COLOURS, draw_landmark_map, landmark_groups
+from headsculpt_engine.prior.landmark_map import (GROUP_COLOURS, IRIS_COLOURS, draw_landmark_map, landmark_groups,
+                                                  mediapipe_connection_sets)
 from headsculpt_engine.prior.landmarks import NUM_LANDMARKS, embedding_from_vertex_indices
 from headsculpt_engine.prior.meshio import MeshArrays, clean_mesh
 
@@ -295,6 +296,13 @@ def test_landmark_file_rejections(tmp_path, sphere_prior):
 
 
 # --- drawing ---------------------------------------------------------------------------------------
+
+
+def test_stored_connection_sets_are_mediapipes():
+    """The maps draw from the stored copy of mediapipe's FaceMesh connection sets: it must equal them."""
+    stored = {g.name: g.edges.tolist() for g in landmark_groups()}
+    assert stored == mediapipe_connection_sets()
+    assert len(stored["face_oval"]) == 36 and len(stored["lips"]) == 40
 
 
 def test_drawing_uses_exact_spec_colours_and_culls_hidden_points():

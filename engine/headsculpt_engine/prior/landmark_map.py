@@ -4,8 +4,10 @@ in fixed colours (DESIGN.md, "Landmark map"). Lines are drawn without antialiasi
 pixel has exactly one of the spec's colours."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -39,15 +41,32 @@ class LandmarkGroup:
     colour: tuple[int, int, int]
 
 
-@lru_cache(maxsize=1)
-def landmark_groups() -> tuple[LandmarkGroup, ...]:
-    """The connection sets from mediapipe's own lists, in drawing order (later groups draw on top)."""
+# mediapipe's FaceMesh connection sets, written once from the installed mediapipe by
+# `write_connections_file()`: drawing a map (every step of a run) then needs neither mediapipe nor its
+# numpy < 2 (the lent GPU machines have numpy 2). tests/engine/test_prior_core.py checks the file
+# against mediapipe's own lists.
+CONNECTIONS_FILE = Path(__file__).with_name("facemesh_connections.json")
+
+
+def mediapipe_connection_sets() -> dict[str, list[list[int]]]:
+    """The connection sets of each group, as mediapipe lists them (sorted index pairs)."""
     from mediapipe.python.solutions import face_mesh_connections as fmc
 
     sets = {"face_oval": fmc.FACEMESH_FACE_OVAL, "left_eye": fmc.FACEMESH_LEFT_EYE,
             "left_eyebrow": fmc.FACEMESH_LEFT_EYEBROW, "right_eye": fmc.FACEMESH_RIGHT_EYE,
             "right_eyebrow": fmc.FACEMESH_RIGHT_EYEBROW, "lips": fmc.FACEMESH_LIPS}
-    return tuple(LandmarkGroup(name, np.array(sorted(sets[name]), dtype=np.int64), colour)
+    return {name: [list(edge) for edge in sorted(sets[name])] for name in GROUP_COLOURS}
+
+
+def write_connections_file(path: Path = CONNECTIONS_FILE) -> None:
+    path.write_text(json.dumps(mediapipe_connection_sets()) + "\n")
+
+
+@lru_cache(maxsize=1)
+def landmark_groups() -> tuple[LandmarkGroup, ...]:
+    """The connection sets, in drawing order (later groups draw on top)."""
+    sets = json.loads(CONNECTIONS_FILE.read_text())
+    return tuple(LandmarkGroup(name, np.array(sets[name], dtype=np.int64).reshape(-1, 2), colour)
                  for name, colour in GROUP_COLOURS.items())
 
 
