@@ -389,7 +389,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"guidance at {result['settings']['guidance_resolution']}px; memory: "
         + ", ".join(sorted({s['memory_kind'] for s in result["stages"].values()})),
         f"attention: {', '.join(f'{k} {v}' for k, v in fast['attention_processors'].items())}; "
-        f"channels-last {fast['channels_last']}; UNet compiled {fast['unet_compiled']}",
+        f"channels-last {fast['channels_last']}; compiled: {', '.join(fast['compiled']) or 'none'}",
         f"full paper run (coarse + fine): {_duration(result['projected_paper_run_seconds'])}",
     ]
     if result["edit_to_fine_ratio"] is not None:

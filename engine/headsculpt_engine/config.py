@@ -43,7 +43,8 @@ class ModelsConfig:
     back_view_token: str = "<back-view>"
     # Fast path (docs/benchmarks.md, "Full pipeline (bench)"): the UNet and ControlNets in the
     # channels-last memory format on CUDA (the layout its convolution kernels prefer), and
-    # torch.compile of the UNet (its first steps compile for minutes, so it is off by default).
+    # torch.compile of the UNet, ControlNets and VAE encoder (the first steps compile for minutes, so
+    # it is off by default).
     channels_last: bool = True
     compile: bool = False
 

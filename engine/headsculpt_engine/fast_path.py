@@ -39,8 +39,15 @@ def fast_path_report(models: "DiffusionModels") -> dict[str, Any]:
         "attention_processors": {name: sorted({type(p).__name__ for p in module.attn_processors.values()})
                                  for name, module in networks(models).items()},
         "channels_last": models.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last),
-        "unet_compiled": getattr(models.unet, "_compiled_call_impl", None) is not None,
+        "unet_compiled": compiled(models.unet),
+        "compiled": sorted(name for name, module in {**networks(models), "vae_encoder": models.vae.encoder}.items()
+                           if compiled(module)),
     }
+
+
+def compiled(module) -> bool:
+    """Whether `module.compile()` wrapped the module's call in torch.compile."""
+    return getattr(module, "_compiled_call_impl", None) is not None
 
 
 @contextmanager

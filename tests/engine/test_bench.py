@@ -26,7 +26,7 @@ def test_bench_tiny_all_stages_reports_every_field(tmp_path, capsys):
     fast = result["fast_path"]
     assert fast["attention_processors"] == {name: ["AttnProcessor2_0"]
                                             for name in ("unet", "face_controlnet", "ip2p_controlnet")}
-    assert fast["dtype"] == "float32" and fast["channels_last"] is False and fast["unet_compiled"] is False
+    assert fast["dtype"] == "float32" and fast["channels_last"] is False and fast["unet_compiled"] is False and fast["compiled"] == []
     assert set(result["stages"]) == set(STAGES)
     for kind, stage in result["stages"].items():
         median = stage["median_seconds_per_iteration"]
@@ -155,8 +155,9 @@ def test_generate_refuses_the_random_models(tmp_path, capsys):
         load_diffusion_models(ModelsConfig(base="sd15-random"), "cpu")
 
 
-def test_compile_flag_compiles_the_unet_in_place():
-    """`models.compile` wraps the UNet's forward with torch.compile (compiled on first call, not here)."""
+def test_compile_flag_compiles_the_networks_in_place():
+    """`models.compile` wraps the UNet's, the ControlNet's and the VAE encoder's calls with torch.compile
+    (compiled on first call, not here)."""
     from headsculpt_engine.fast_path import fast_path_report
     from headsculpt_engine.config import preset_config
     from headsculpt_engine.models.loading import load_diffusion_models
@@ -166,6 +167,7 @@ def test_compile_flag_compiles_the_unet_in_place():
     models = load_diffusion_models(cfg, "cpu")
     report = fast_path_report(models)
     assert report["unet_compiled"] is True and report["channels_last"] is False  # channels-last: CUDA only
+    assert report["compiled"] == ["face_controlnet", "unet", "vae_encoder"]
     assert type(models.unet).__name__ == "UNet2DConditionModel"
 
 
