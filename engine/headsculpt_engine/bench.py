@@ -65,6 +65,21 @@ def resolve_bench_device(name: str) -> "torch.device":
     return torch.device(name)
 
 
+def cpu_cost_warning(cfg: RunConfig, models: str, device: "torch.device") -> str | None:
+    """A plain warning when the request will be very slow or run out of memory on a CPU: the SD 1.5
+    networks at guidance 512 take about half a minute per view and step here, and four views at once
+    went past 18 GB (docs/benchmarks.md)."""
+    from .models.loading import SD15_RANDOM
+
+    views = max(cfg.coarse.batch, cfg.fine.batch)
+    if device.type != "cpu" or models == "tiny" or cfg.guidance.resolution < 512:
+        return None
+    return (f"Timing the {'SD 1.5' if models == SD15_RANDOM else models} networks at guidance "
+            f"{cfg.guidance.resolution} on the CPU: about half a minute per view and step, and {views} views "
+            f"at once may need more than 18 GB of memory. For a quick look add --set guidance.resolution=128, "
+            f"or --set coarse.batch=1 --set fine.batch=1.")
+
+
 def load_bench_models(cfg: RunConfig, name: str, device: "torch.device", with_ip2p: bool) -> "DiffusionModels":
     """The bench's models: `sd15-random` (built here, see `models.sd15_random`) or what `--models` loads."""
     from .models.loading import SD15_RANDOM, load_diffusion_models, models_config_from_cli

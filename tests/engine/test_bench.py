@@ -224,3 +224,19 @@ def test_flop_counter_counts_attention_on_the_cpu_as_on_cuda():
     assert counts["sdpa"][0] == counts["explicit"][0] == 4 * unit
     # Backward: four products of the explicit form; the fused kernel recomputes Q K^T, a fifth.
     assert counts["explicit"][1] == 8 * unit and counts["sdpa"][1] == 10 * unit
+
+
+def test_cpu_cost_warning_names_the_cheap_settings():
+    import torch
+
+    from headsculpt_engine.bench import cpu_cost_warning
+    from headsculpt_engine.config import preset_config
+
+    paper, cpu = preset_config("paper"), torch.device("cpu")
+    warning = cpu_cost_warning(paper, "sd15-random", cpu)
+    assert "SD 1.5" in warning and "4 views" in warning and "--set guidance.resolution=128" in warning
+    assert cpu_cost_warning(paper, "tiny", cpu) is None
+    assert cpu_cost_warning(paper, "sd15-random", torch.device("cuda")) is None
+    small = preset_config("paper")
+    small.guidance.resolution = 128
+    assert cpu_cost_warning(small, "sd15-random", cpu) is None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..config import PRESETS
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..bench import STAGES, BenchRequest, format_table, run_bench
+    from ..bench import STAGES, BenchRequest, cpu_cost_warning, format_table, resolve_bench_device, run_bench
     from ..config import apply_overrides, preset_config
     from ..errors import InputError
 
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     request = BenchRequest(stages=STAGES if args.stage == "all" else (args.stage,), models=args.models,
                            device=args.device, iterations=args.iters, warmup=args.warmup,
                            ablate=args.ablate)
+    warning = cpu_cost_warning(cfg, args.models, resolve_bench_device(args.device))
+    if warning:
+        print(f"Warning: {warning}", file=sys.stderr)
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
