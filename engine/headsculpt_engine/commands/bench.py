@@ -14,8 +14,8 @@ def register(subparsers) -> None:
         "bench", help="time the stages' iterations and project a full run",
         description="Time warm iterations of the coarse, fine and edit stages on the built-in head prior: the "
                     "median seconds per iteration, its split (render, VAE encode, UNet + ControlNet, backward, "
-                    "optimizer step), peak memory, and the projected time of a full run of the papers' length "
-                    "(7,000 coarse + 5,000 fine iterations).")
+                    "optimizer step), peak memory, the arithmetic of an iteration and the rate it ran at, and the "
+                    "projected time of a full run of the papers' length (7,000 coarse + 5,000 fine iterations).")
     parser.add_argument("--stage", choices=("all", "coarse", "fine", "edit"), default="all")
     parser.add_argument("--models", default="sd15-random",
                         help="'sd15-random' (the real SD 1.5 architectures with random weights: the real cost, "
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                         help="also time each stage once more per part of the fast path, with that part turned off "
                              "(batched CFG, no autograd through the UNet, SDPA attention, cached text embeddings, "
                              "occupancy skipping): what each part gains")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stages' random draws (default 0)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
     parser.set_defaults(run=run)
 
