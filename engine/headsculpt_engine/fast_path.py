@@ -65,13 +65,19 @@ def unet_under_autograd(stage, models: "DiffusionModels") -> Iterator[None]:
                 return forward(sample.detach().requires_grad_(), *args, **kwargs)
         return run
 
+    # An instance attribute shadows the class's forward; one may be there already (accelerate's offload
+    # hooks put theirs there), and is put back afterwards.
+    previous = {module: vars(module).get("forward") for module in modules}
     for module in modules:
-        module.forward = recording(module.forward)  # an instance attribute shadows the class's forward
+        module.forward = recording(module.forward)
     try:
         yield
     finally:
-        for module in modules:
-            del module.forward
+        for module, forward in previous.items():
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
 
 
 @contextmanager

@@ -240,3 +240,20 @@ def test_cpu_cost_warning_names_the_cheap_settings():
     small = preset_config("paper")
     small.guidance.resolution = 128
     assert cpu_cost_warning(small, "sd15-random", cpu) is None
+
+
+def test_the_autograd_variant_puts_back_a_forward_it_found():
+    """accelerate's offload hooks replace a module's forward with their own: the variant must leave it."""
+    import torch
+
+    from headsculpt_engine.fast_path import unet_under_autograd
+
+    class Models:
+        unet = torch.nn.Linear(2, 2)
+        face_controlnet = ip2p_controlnet = None
+
+    hooked = Models.unet.forward
+    Models.unet.forward = hooked  # as accelerate does: an instance attribute
+    with unet_under_autograd(None, Models):
+        assert Models.unet(torch.ones(1, 2)).requires_grad
+    assert vars(Models.unet)["forward"] is hooked
