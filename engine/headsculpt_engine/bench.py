@@ -255,6 +255,8 @@ def bench_stage(kind: str, cfg: RunConfig, prior, models: "DiffusionModels", dev
             result = _time_stage(kind, stage, models, device, request, progress)
         if variant is None:
             result.update(count_step_flops(stage, request.warmup + request.iterations, models))
+            if progress is not None:
+                progress(request.warmup + request.iterations + 1)
             result["achieved_tflops"] = result["tflop_per_iteration"] / result["median_seconds_per_iteration"]
             if kind in TARGET_SECONDS:
                 result["target_seconds_per_iteration"] = TARGET_SECONDS[kind]
@@ -340,10 +342,11 @@ def run_bench(cfg: RunConfig, request: BenchRequest, prior=None,
     models = load_bench_models(cfg, request.models, device, with_ip2p="edit" in request.stages)
     steps = request.warmup + request.iterations
 
-    def reporter(label: str) -> Callable[[int], None] | None:
-        return (lambda done: progress(label, done, steps)) if progress is not None else None
+    def reporter(label: str, total: int = steps) -> Callable[[int], None] | None:
+        return (lambda done: progress(label, done, total)) if progress is not None else None
 
-    stages = {kind: bench_stage(kind, cfg, prior, models, device, request, reporter(kind))
+    # The fast path's run of each stage takes one more step, whose arithmetic is counted.
+    stages = {kind: bench_stage(kind, cfg, prior, models, device, request, reporter(kind, steps + 1))
               for kind in request.stages}
     ablation = {}
     for variant in VARIANTS if request.ablate else ():
