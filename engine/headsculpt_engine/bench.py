@@ -16,12 +16,13 @@ from __future__ import annotations
 import copy
 import math
 import platform
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import CoarseConfig, FineConfig, RunConfig, apply_overrides
+from .devices import resolve_device
 from .fast_path import VARIANTS, Variant, fast_path_report
 from .profiling import medians, time_steps
 
@@ -55,14 +56,6 @@ class BenchRequest:
     prompt: str = "a DSLR portrait of an old man"
     instruction: str = "make him wear glasses"
     ablate: bool = False  # also time each stage once per `fast_path.VARIANTS` entry
-
-
-def resolve_bench_device(name: str) -> "torch.device":
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def cpu_cost_warning(cfg: RunConfig, models: str, device: "torch.device") -> str | None:
@@ -336,7 +329,7 @@ def run_bench(cfg: RunConfig, request: BenchRequest, prior=None,
         raise ValueError(f"Stages must be some of {', '.join(STAGES)}, not {sorted(unknown) or 'none'}.")
     if request.iterations < 1 or request.warmup < 0:
         raise ValueError("The bench needs at least one timed iteration and a warm-up of 0 or more.")
-    device = resolve_bench_device(request.device)
+    device = resolve_device(request.device)
     cfg.prompt = cfg.prompt or request.prompt
     prior = prior if prior is not None else builtin_prior()
     models = load_bench_models(cfg, request.models, device, with_ip2p="edit" in request.stages)

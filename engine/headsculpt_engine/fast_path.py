@@ -39,7 +39,6 @@ def fast_path_report(models: "DiffusionModels") -> dict[str, Any]:
         "attention_processors": {name: sorted({type(p).__name__ for p in module.attn_processors.values()})
                                  for name, module in networks(models).items()},
         "channels_last": models.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last),
-        "unet_compiled": compiled(models.unet),
         "compiled": sorted(name for name, module in {**networks(models), "vae_encoder": models.vae.encoder}.items()
                            if compiled(module)),
     }

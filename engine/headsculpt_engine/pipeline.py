@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from . import __version__
 from .config import RunConfig
+from .devices import resolve_device
 from .errors import InputError
 from .stages.loop import RunCallbacks
 
@@ -23,16 +24,6 @@ if TYPE_CHECKING:
 
 STAGES = ("coarse", "fine", "export")
 MAX_PROMPT_CHARS = 500
-
-
-def resolve_device(name: str) -> "torch.device":
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("CUDA was asked for but no CUDA GPU is visible to PyTorch; use --device cpu or auto.")
-    return torch.device(name)
 
 
 def validate_prompt(prompt: str, what: str = "prompt") -> str:

@@ -26,7 +26,7 @@ def test_bench_tiny_all_stages_reports_every_field(tmp_path, capsys):
     fast = result["fast_path"]
     assert fast["attention_processors"] == {name: ["AttnProcessor2_0"]
                                             for name in ("unet", "face_controlnet", "ip2p_controlnet")}
-    assert fast["dtype"] == "float32" and fast["channels_last"] is False and fast["unet_compiled"] is False and fast["compiled"] == []
+    assert fast["dtype"] == "float32" and fast["channels_last"] is False and fast["compiled"] == []
     assert set(result["stages"]) == set(STAGES)
     for kind, stage in result["stages"].items():
         median = stage["median_seconds_per_iteration"]
@@ -166,7 +166,7 @@ def test_compile_flag_compiles_the_networks_in_place():
     cfg.compile = True
     models = load_diffusion_models(cfg, "cpu")
     report = fast_path_report(models)
-    assert report["unet_compiled"] is True and report["channels_last"] is False  # channels-last: CUDA only
+    assert report["channels_last"] is False  # channels-last: CUDA only
     assert report["compiled"] == ["face_controlnet", "unet", "vae_encoder"]
     assert type(models.unet).__name__ == "UNet2DConditionModel"
 
@@ -257,3 +257,24 @@ def test_the_autograd_variant_puts_back_a_forward_it_found():
     with unet_under_autograd(None, Models):
         assert Models.unet(torch.ones(1, 2)).requires_grad
     assert vars(Models.unet)["forward"] is hooked
+
+
+def test_device_names_resolve_or_fail_plainly():
+    import torch
+
+    from headsculpt_engine.devices import resolve_device
+    from headsculpt_engine.errors import InputError
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(torch.device("cpu")).type == "cpu"
+    assert resolve_device(None) == resolve_device("auto") == torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="Unknown device 'bogus'"):
+        resolve_device("bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+
+
+def test_bench_refuses_a_bad_device_before_any_work(capsys):
+    assert main(["bench", "--models", "tiny", "--device", "bogus", "--preset", "tiny", "--iters", "1"]) == 2
+    assert "Unknown device 'bogus'" in capsys.readouterr().err

@@ -39,7 +39,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..bench import STAGES, BenchRequest, cpu_cost_warning, format_table, resolve_bench_device, run_bench
+    from ..bench import STAGES, BenchRequest, cpu_cost_warning, format_table, run_bench
+    from ..devices import resolve_device
     from ..config import apply_overrides, preset_config
     from ..errors import InputError
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     request = BenchRequest(stages=STAGES if args.stage == "all" else (args.stage,), models=args.models,
                            device=args.device, iterations=args.iters, warmup=args.warmup,
                            ablate=args.ablate)
-    warning = cpu_cost_warning(cfg, args.models, resolve_bench_device(args.device))
+    warning = cpu_cost_warning(cfg, args.models, resolve_device(args.device))
     if warning:
         print(f"Warning: {warning}", file=sys.stderr)
     bars: dict[str, tqdm] = {}

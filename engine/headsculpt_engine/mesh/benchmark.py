@@ -29,15 +29,14 @@ def best_of(fn, repeat: int = 3) -> float:
     return min(times)
 
 
-def bench_raster(device: torch.device, sizes=((5, 512, 1), (7, 128, 1), (7, 64, 4))) -> None:
-    """`sizes`: (icosphere subdivisions, image size, batch) triples."""
+def bench_raster(device: torch.device) -> None:
     import trimesh
 
     from ..cameras import orbit_cameras
     from .raster import make_rasterizer
 
     rast = make_rasterizer(device, "auto")
-    for subdivisions, size, batch in sizes:
+    for subdivisions, size, batch in ((5, 512, 1), (7, 128, 1), (7, 64, 4)):  # (icosphere level, size, batch)
         sphere = trimesh.creation.icosphere(subdivisions=subdivisions, radius=0.45)
         v = torch.tensor(sphere.vertices, dtype=torch.float32, device=device)
         f = torch.tensor(sphere.faces, dtype=torch.int32, device=device)

@@ -324,7 +324,7 @@ def load_token_models(models: str, device: str = "auto", allow_download: bool = 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from ..pipeline import resolve_device
+    from ..devices import resolve_device
     from .loading import from_pretrained_offline, resolve_dtype
 
     source = token_models_source(models)

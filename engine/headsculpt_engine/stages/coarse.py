@@ -15,6 +15,7 @@ import torch
 
 from ..cameras import Cameras, preview_cameras, sample_cameras
 from ..config import CoarseConfig, RunConfig
+from ..devices import resolve_device
 from ..errors import HeadSculptError, InputError
 from ..guidance.base import Guidance, GuidanceInputs
 from ..nerf.background import Background
@@ -112,12 +113,6 @@ class CoarseResult:
     mesh: Path
     previews: list[Path]
     timings: dict[str, float] = dataclass_field(default_factory=dict)
-
-
-def resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class CoarseStage:
