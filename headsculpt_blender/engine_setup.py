@@ -23,6 +23,8 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .background import Cancelled, ProcessRunner
+
 PAYLOAD_DIR = Path(__file__).resolve().parent / "engine_dist"
 ENV_DIR_NAME = "engine-env"
 READY_FILE = "headsculpt-ready.json"
@@ -276,8 +278,7 @@ class EngineSetup:
         self._lock = threading.Lock()
         self._state = SetupState()
         self._thread: threading.Thread | None = None
-        self._process: subprocess.Popen | None = None
-        self._cancel = threading.Event()
+        self._runner = ProcessRunner()
 
     def snapshot(self) -> SetupState:
         with self._lock:
@@ -290,7 +291,7 @@ class EngineSetup:
     def start(self, plan: SetupPlan) -> None:
         if self.running:
             raise SetupError("The engine is being set up already; wait for it or cancel it.")
-        self._cancel.clear()
+        self._runner.reset()
         steps = 1 + len(install_steps(plan))
         self._update(phase="running", step=0, steps=steps, title="", package="", downloaded_bytes=0,
                      message="", log=[])
@@ -298,11 +299,7 @@ class EngineSetup:
         self._thread.start()
 
     def cancel(self) -> None:
-        self._cancel.set()
-        with self._lock:
-            process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
+        self._runner.cancel()
 
     def wait(self, timeout: float | None = None) -> SetupState:
         if self._thread is not None:
@@ -332,7 +329,7 @@ class EngineSetup:
                 info["wheel_sha256"] = hashlib.sha256(plan.wheel.read_bytes()).hexdigest()
                 (plan.env_dir / READY_FILE).write_text(json.dumps(info, indent=2))
             self._update(phase="done", message=ready_line(info))
-        except _Cancelled:
+        except Cancelled:
             self._update(phase="cancelled", message="Engine setup cancelled; press Set up engine to finish it.")
         except SetupError as error:
             self._update(phase="failed", message=f"{error} (details: {log_path})")
@@ -360,42 +357,21 @@ class EngineSetup:
 
     def _run_step(self, step: Step, log) -> str:
         """Run one command, feeding its output to the progress; its output, or SetupError."""
-        if self._cancel.is_set():
-            raise _Cancelled
-        log.write(f"\n$ {' '.join(step.command)}\n")
-        log.flush()
         progress = PipProgress()
         base = self.snapshot().downloaded_bytes
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PIP_NO_COLOR="1")
-        flags = {"creationflags": subprocess.CREATE_NO_WINDOW} if os.name == "nt" else {}
-        process = subprocess.Popen(list(step.command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace",
-                                   env=env, **flags)
-        with self._lock:
-            self._process = process
-        lines: list[str] = []
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            log.write(line)
+
+        def on_line(line: str) -> None:
             progress.feed(line)
-            if not line.startswith("Progress "):
-                with self._lock:
+            with self._lock:
+                if not line.startswith("Progress "):
                     self._state.log.append(line.rstrip())
-            self._update(package=progress.package, downloaded_bytes=base + progress.downloaded_bytes)
-        code = process.wait()
-        with self._lock:
-            self._process = None
-        log.flush()
-        if self._cancel.is_set():
-            raise _Cancelled
+                self._state.package = progress.package
+                self._state.downloaded_bytes = base + progress.downloaded_bytes
+
+        code, lines = self._runner.run(step.command, on_line, log, env=dict(os.environ, PIP_NO_COLOR="1"))
         if code != 0:
             raise SetupError(f"{step.title} failed: {_last_error(lines)}")
         return "".join(lines)
-
-
-class _Cancelled(Exception):
-    pass
 
 
 def _runs(python: str) -> bool:

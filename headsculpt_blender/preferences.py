@@ -6,7 +6,7 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, FloatProperty, StringProperty
 
-from . import engine_setup
+from . import engine_setup, model_download
 from .client import EngineError
 from .engine import EngineSettings, detect_engine_python, engine_launcher, parse_extra_args
 
@@ -47,6 +47,21 @@ def draw_engine_setup(layout, prefs) -> None:
     row = layout.row()
     row.operator("headsculpt.setup_engine", icon="IMPORT",
                  text="Repair engine" if info is not None else "Set up engine")
+
+
+def draw_model_download(layout, prefs) -> None:
+    """Download models: the token field, the button, and the download's progress or outcome."""
+    progress = model_download.DOWNLOAD.snapshot()
+    if progress.phase == "running":
+        layout.progress(factor=progress.factor, type="BAR", text=progress.line)
+        layout.operator("headsculpt.download_models_cancel", icon="CANCEL")
+        return
+    if progress.message:
+        col = layout.column(align=True)
+        col.alert = progress.phase == "failed"
+        col.label(text=progress.message, icon="ERROR" if progress.phase == "failed" else "INFO")
+    layout.prop(bpy.context.window_manager, TOKEN_PROP)
+    layout.operator("headsculpt.download_models", icon="IMPORT")
 
 
 def local_engine_found(prefs) -> bool:
@@ -107,6 +122,8 @@ class HeadSculptPreferences(bpy.types.AddonPreferences):
             layout.prop(self, "models")
             if self.models == "folder":
                 layout.prop(self, "models_folder")
+            elif self.models == "default":
+                draw_model_download(layout.box(), self)
             layout.prop(self, "back_view_token_file")
             layout.prop(self, "extra_args")
             row = layout.row()
@@ -145,6 +162,21 @@ def engine_settings(prefs: HeadSculptPreferences) -> EngineSettings:
 
 
 CLASSES = (HeadSculptPreferences,)
+# The Hugging Face access token for Download models lives on the window manager, which Blender never
+# saves: it is gone when Blender quits, and it is in neither the preferences nor any .blend file.
+TOKEN_PROP = "headsculpt_hf_token"
+
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 
-register, unregister = bpy.utils.register_classes_factory(CLASSES)
+def register() -> None:
+    _register_classes()
+    setattr(bpy.types.WindowManager, TOKEN_PROP, StringProperty(
+        name="Access token", subtype="PASSWORD", options={"SKIP_SAVE"},
+        description="Optional Hugging Face access token, for models that need one; kept for this Blender "
+                    "session only, never saved"))
+
+
+def unregister() -> None:
+    delattr(bpy.types.WindowManager, TOKEN_PROP)
+    _unregister_classes()
