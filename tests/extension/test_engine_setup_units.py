@@ -155,3 +155,27 @@ def test_generate_without_any_engine_refuses_at_once_and_offers_setup(bpy, scene
         bpy.ops.headsculpt.generate()
     st = scene.headsculpt
     assert st.job_state == "" and st.status == "" and "press Set up engine" in st.last_error
+
+
+def test_download_models_refuses_with_online_access_off_and_writes_nothing(bpy, scene):
+    from headsculpt_blender import model_download, preferences
+
+    bpy.context.preferences.system.use_online_access = False
+    prefs = preferences.preferences()
+    prefs.engine_mode, prefs.models = "local", "default"
+    before = sorted(os.listdir(preferences.user_dir()))
+    with pytest.raises(RuntimeError, match="Allow Online Access"):
+        bpy.ops.headsculpt.download_models()
+    assert not model_download.DOWNLOAD.running
+    assert sorted(os.listdir(preferences.user_dir())) == before
+    assert "the models are downloaded from the Hugging Face Hub" in scene.headsculpt.last_error
+
+
+def test_download_progress_line(addon):
+    from headsculpt_blender.model_download import DownloadState
+
+    running = DownloadState(phase="running", file="unet/diffusion_pytorch_model.fp16.safetensors",
+                            done_bytes=812_000_000, total_bytes=4_265_000_000)
+    assert running.line == "Downloading unet/diffusion_pytorch_model.fp16.safetensors: 812 of 4,265 MB"
+    assert running.factor == pytest.approx(812 / 4265)
+    assert DownloadState(phase="running").line == "Looking up the models' files"
