@@ -266,3 +266,17 @@ def turntable_cameras(count: int, width: int, height: int, device=None) -> Camer
     return orbit_cameras([360.0 * i / count for i in range(count)], polar_deg=85.0, radius=1.3, fov_y_deg=40.0,
                          width=width, height=height, device=device)
 
+
+
+# The turntable: views all around the head, a little above it, far enough that the whole normalised head
+# (radius 0.7) fits the 40-degree view with a margin. Exported previews and `headsculpt eval` use it.
+TURNTABLE_POLAR_DEG = 85.0
+TURNTABLE_RADIUS = 2.1
+TURNTABLE_FOV_DEG = 40.0
+
+
+def turntable_cameras(count: int, size: int, device=None) -> Cameras:
+    """`count` cameras evenly spaced in azimuth, starting at the front."""
+    return orbit_cameras([360.0 * i / count for i in range(count)], polar_deg=TURNTABLE_POLAR_DEG,
+                         radius=TURNTABLE_RADIUS, fov_y_deg=TURNTABLE_FOV_DEG, width=size, height=size,
+                         device=device)

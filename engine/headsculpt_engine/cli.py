@@ -19,6 +19,7 @@ COMMANDS = [
     "serve",
     "landmarks",
     "bench",
+    "evaluate",
 ]
 
 

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 STEM = "avatar"
 FORMATS = ("glb", "obj")
 _TURNTABLE_BATCH = 4
-_TURNTABLE_RADIUS = 2.1
 
 
 def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir: Path,
@@ -114,14 +113,12 @@ def write_turntable(fine_result: "FineResult", cfg: "ExportConfig", out_dir: Pat
     import torch
     from PIL import Image
 
-    from ..cameras import orbit_cameras
+    from ..cameras import turntable_cameras
     from .raster import make_rasterizer
     from .render import render_mesh
 
     size, count = cfg.turntable_resolution, cfg.turntable_frames
-    # Far enough that the whole normalised head (radius 0.7) fits the 40-degree view with a margin.
-    cameras = orbit_cameras([360.0 * i / count for i in range(count)], polar_deg=85.0, radius=_TURNTABLE_RADIUS,
-                            fov_y_deg=40.0, width=size, height=size)
+    cameras = turntable_cameras(count, size)
     rasterizer = make_rasterizer("cpu", "torch")
     frames = []
     with torch.no_grad():

@@ -33,10 +33,13 @@ def vertex_normals(vertices: "torch.Tensor", faces: "torch.Tensor") -> "torch.Te
 
 def render_mesh(rasterizer: Rasterizer, vertices: "torch.Tensor", faces: "torch.Tensor", cameras: "Cameras",
                 albedo_fn: AlbedoFn, shading: Shading = "albedo", light_dirs: "torch.Tensor | None" = None,
-                ambient: float = 0.3, background: float = 1.0) -> tuple["torch.Tensor", "torch.Tensor"]:
+                ambient: float = 0.3, background: float = 1.0,
+                uv: "torch.Tensor | None" = None) -> tuple["torch.Tensor", "torch.Tensor"]:
     """Images (B, 3, H, W) in [0, 1], antialiased at silhouettes, and coverage masks (B, 1, H, W).
 
     `light_dirs` (B, 3) are unit vectors towards the light; by default the light sits at the camera.
+    `albedo_fn` gets the surface points under the pixels, or, with per-vertex texture coordinates `uv`
+    (V, 2) given, their interpolated texture coordinates (a textured mesh).
     """
     import torch
 
@@ -49,7 +52,7 @@ def render_mesh(rasterizer: Rasterizer, vertices: "torch.Tensor", faces: "torch.
                                                 dim=-1, eps=1e-12)
         colour = normals * 0.5 + 0.5
     elif shading != "textureless" and bool(mask.any()):
-        points = rasterizer.interpolate(vertices, raster, faces)[mask]
+        points = rasterizer.interpolate(vertices if uv is None else uv, raster, faces)[mask]
         colour = colour.index_put((mask,), albedo_fn(points).to(colour.dtype))
     elif shading == "textureless":
         colour = colour + 1.0

@@ -22,7 +22,7 @@ IP2P_CONTROLNET_DIR = "ip2p-controlnet"
 DOWNSAMPLE = 2
 _WIDTHS = (16, 32)  # block channels of the UNet, ControlNet and VAE: two levels = one 2x downsampling
 _TEXT_DIM = 32
-_MAX_TOKENS = 77  # as CLIP: prompts are padded to 77 tokens
+MAX_TOKENS = 77  # as CLIP: prompts are padded to 77 tokens
 
 # Words whose byte-pair merges the tiny tokenizer knows, so common prompts tokenise to few tokens.
 _WORDS = ("a", "head", "of", "portrait", "dslr", "man", "woman", "old", "young", "front", "side", "back",
@@ -44,7 +44,7 @@ def make_tiny_models(out_dir: Path, seed: int = 0) -> Path:
     quiet_model_libraries()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = _write_tokenizer(out_dir / "tokenizer")
+    vocab = write_tokenizer(out_dir / "tokenizer")
 
     blocks = dict(block_out_channels=_WIDTHS, layers_per_block=1, norm_num_groups=8,
                   cross_attention_dim=_TEXT_DIM, attention_head_dim=4)
@@ -70,7 +70,7 @@ def make_tiny_models(out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed + 4)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=_TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=_MAX_TOKENS, bos_token_id=vocab["<|startoftext|>"],
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, bos_token_id=vocab["<|startoftext|>"],
         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]))
     # Stable Diffusion's training schedule: 1000 steps of scaled_linear betas 0.00085 .. 0.012.
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
@@ -178,7 +178,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
-def _write_tokenizer(folder: Path) -> dict[str, int]:
+def write_tokenizer(folder: Path) -> dict[str, int]:
     """A CLIP byte-level BPE tokenizer with a small vocabulary: every byte alone and word-final, the
     merges that spell `_WORDS` left to right, and CLIP's two special tokens."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,7 +199,7 @@ def _write_tokenizer(folder: Path) -> dict[str, int]:
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     # As in the Stable Diffusion repositories: vocab.json + merges.txt and a small config.
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": _MAX_TOKENS, "do_lower_case": True,
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS, "do_lower_case": True,
               "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
               "unk_token": "<|endoftext|>"}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
