@@ -100,9 +100,10 @@ def render_html(report: dict) -> str:
         image = f'<img alt="turntable of {html.escape(run["name"])}" src="{source}">' if source else "(no turntable)"
         figures.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
     summary = report["summary"]
-    parts = [f"{summary['runs']} avatars ({summary['edits']} edits)",
+    plural = lambda count, word: f"{count} {word}{'' if count == 1 else 's'}"  # noqa: E731
+    parts = [f"{plural(summary['runs'], 'avatar')} ({plural(summary['edits'], 'edit')})",
              f"mean CLIP-Score {_number(summary['clip_score'])}",
-             f"CLIP R-Precision {_number(summary['r_precision'])} % over {summary['prompts_ranked']} prompts"]
+             f"CLIP R-Precision {_number(summary['r_precision'])} % over {plural(summary['prompts_ranked'], 'prompt')}"]
     if summary["directional_similarity"] is not None:
         parts += [f"mean directional similarity {_number(summary['directional_similarity'])}",
                   f"mean identity {_number(summary['identity'])}"]
