@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import trimesh
 from fastapi.testclient import TestClient
 
 from headsculpt_engine.errors import InputError
@@ -161,8 +162,10 @@ def test_an_upload_is_bounded_in_time_and_memory(tmp_path):
 def test_uploads_write_nothing_outside_the_data_folder(tmp_path):
     outside = {"HEADSCULPT_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path / "home")}
     with EngineServer(tmp_path / "data", env=outside) as server, server.client(timeout=300) as client:
-        refused = client.post("/v1/priors", json=tet_at(0.0))  # 4 faces: refused by the prior loader
-        assert refused.status_code == 422, refused.text
+        # A sphere has no face for the landmark detector: refused after the prior loader cached it.
+        sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.1)
+        refused = client.post("/v1/priors", json=mesh_body(sphere.vertices, sphere.faces))
+        assert refused.status_code == 422 and "no face" in refused.json()["detail"], refused.text
         accepted = client.post("/v1/priors", json=prior_upload())
         assert accepted.status_code == 201, accepted.text
         prior_id = accepted.json()["prior_id"]

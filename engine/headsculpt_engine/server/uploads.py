@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ def _prepare(staging: Path, priors_root: Path, build: BuildPrior) -> Outcome:
 def prepare_upload(staging: Path, priors_root: Path, build: BuildPrior, memory_bytes: int | None) -> None:
     """The child process: check and build, then write the outcome (the parent reads only that)."""
     _limit_memory(memory_bytes)
+    start = time.monotonic()
     try:
         outcome = _prepare(staging, priors_root, build)
     except MemoryError:
@@ -89,7 +91,17 @@ def prepare_upload(staging: Path, priors_root: Path, build: BuildPrior, memory_b
         outcome = {"status": 422, "detail": f"The mesh could not be turned into a head prior "
                                             f"({type(error).__name__}: {error}); upload a single "
                                             "connected head surface."}
+    outcome.update(seconds=round(time.monotonic() - start, 1), peak_memory_mb=_peak_memory_mb())
     (staging / OUTCOME_FILE).write_text(json.dumps(outcome))
+
+
+def _peak_memory_mb() -> int | None:
+    """This process's peak resident memory (what docs/server.md states for a limit-sized upload)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
 
 
 _OUT_OF_MEMORY = ("Preparing this mesh needed more memory than the engine allows an upload; decimate "
@@ -126,8 +138,11 @@ class UploadRunner:
         finally:
             self._running = None
         try:
-            return json.loads((staging / OUTCOME_FILE).read_text())
-        except (OSError, ValueError):
+            outcome = json.loads((staging / OUTCOME_FILE).read_text())
+            log.info("upload checked: status %s in %s s, peak memory %s MB", outcome["status"],
+                     outcome.get("seconds"), outcome.get("peak_memory_mb"))
+            return outcome
+        except (OSError, ValueError, KeyError):
             # No outcome: the child was killed (out of memory, a signal) or crashed in native code.
             log.warning("the upload process ended with exit code %s and no outcome", process.exitcode)
             return {"status": 413, "detail": _OUT_OF_MEMORY} if process.exitcode in (-9, 137) else {
