@@ -110,32 +110,40 @@ def limit_sized_mesh() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_the_api_keeps_answering_during_a_limit_sized_upload(tmp_path):
-    body = json.dumps(mesh_body(*limit_sized_mesh(), name="two million faces")).encode()
+    upload_body = mesh_body(*limit_sized_mesh(), name="two million faces")
+    # Landmark indices skip detection, so the build goes on to the signed-distance grid (one long
+    # native call that holds the interpreter lock: minutes for two million faces on a CPU).
+    upload_body["landmark_indices"] = list(range(478))
+    body = json.dumps(upload_body).encode()
     assert len(body) > 40 * 1024 * 1024
     with EngineServer(tmp_path / "data", extra_args=("--upload-timeout", "25")) as server:
+        with server.client(timeout=120) as client:
+            assert client.get("/v1/health").status_code == 200  # torch imported: the server is idle
         outcome: dict = {}
 
         def upload() -> None:
-            with server.client(timeout=120) as client:
+            with server.client(timeout=600) as client:
                 outcome["response"] = client.post("/v1/priors", content=body,
                                                   headers={"Content-Type": "application/json"})
 
-        uploader = threading.Thread(target=upload)
+        uploader = threading.Thread(target=upload, daemon=True)
         uploader.start()
         answer_times = []
+        deadline = time.monotonic() + 40
         with server.client(timeout=10) as client:
-            while uploader.is_alive():
+            while uploader.is_alive() and time.monotonic() < deadline:
                 start = time.monotonic()
                 assert client.get("/v1/jobs").status_code == 200
                 answer_times.append(time.monotonic() - start)
+                assert answer_times[-1] < 1.0, answer_times
                 time.sleep(0.2)
-        uploader.join()
-        response = outcome["response"]
-        # A torus has no face for the landmark detector (or the time limit stops a slow build): 422.
-        assert response.status_code in (201, 422), response.text
-        assert response.json().get("detail", ".").endswith(".")
+        uploader.join(60)
         print(f"{len(answer_times)} answers during the upload, slowest {max(answer_times):.3f} s")
-        assert len(answer_times) >= 20 and max(answer_times) < 1.0, answer_times
+        assert len(answer_times) >= 20
+        response = outcome["response"]
+        assert response.status_code in (201, 422), response.text
+        if response.status_code == 422:  # the time limit stopped the build (a fast machine may finish)
+            assert "--upload-timeout" in response.json()["detail"]
         assert [name for name in entries(server.data_dir / "priors") if name.startswith(".")] == []
 
 
