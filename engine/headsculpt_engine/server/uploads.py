@@ -3,7 +3,7 @@
 Parsing 48 MB of JSON, decoding two million faces and building the prior (signed distance, landmark
 detection) takes minutes and gigabytes and holds the interpreter lock for long stretches: in the
 server process it starved every other request. In a child the API keeps answering, the work is
-bounded in time (killed after `timeout_s`) and in memory (an address-space-data limit on Linux), and
+bounded in time (killed after `timeout_s`) and in memory (a data-segment limit, RLIMIT_DATA, on Linux), and
 a crash or an out-of-memory kill costs that upload only.
 
 The parent writes the raw request body to `STAGING/upload.json`; the child writes
@@ -29,7 +29,7 @@ from .schemas import PriorUpload, validation_sentence
 log = logging.getLogger("headsculpt.server")
 
 UPLOAD_FILE, OUTCOME_FILE = "upload.json", "outcome.json"
-# A limit-sized upload (2 million faces) peaks near 3 GiB in the child (docs/server.md); twice that.
+# A limit-sized upload (2 million faces) peaks near 2 GB in the child (docs/server.md): three times that.
 DEFAULT_MEMORY_BYTES = 6 * 1024**3
 
 Outcome = dict[str, Any]
