@@ -16,8 +16,10 @@ START_TIMEOUT_S = 120.0  # a slow, shared 2-core machine imports FastAPI and fri
 
 
 class EngineServer:
-    def __init__(self, data_dir: Path, models: str = "tiny", extra_args: tuple[str, ...] = ()):
+    def __init__(self, data_dir: Path, models: str = "tiny", extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, umask: int = -1):
         self.data_dir = Path(data_dir)
+        self.env, self.umask = env or {}, umask
         self.args = [sys.executable, "-m", "headsculpt_engine", "serve", "--data", str(self.data_dir),
                      "--port", "0", "--models", models, *extra_args]
         self.proc: subprocess.Popen | None = None
@@ -27,9 +29,9 @@ class EngineServer:
 
     def start(self) -> "EngineServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **self.env)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env, umask=self.umask)
         log.close()
         handshake = self.data_dir / "server.json"
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="offload model parts to the CPU between uses (less GPU memory, slower)")
     parser.add_argument("--allow-remote", action="store_true",
                         help="allow binding an address other machines can reach (the token still applies)")
+    parser.add_argument("--prior-cache-mb", type=int, default=2048,
+                        help="disk space for uploaded priors in the data folder; the least recently used "
+                             "go first beyond it (default 2048)")
+    parser.add_argument("--upload-timeout", type=float, default=600.0, metavar="S",
+                        help="seconds a prior upload may take to be checked and prepared (default 600)")
     parser.set_defaults(run=run)
 
 
@@ -79,6 +84,16 @@ def write_handshake(data_dir: Path, host: str, port: int, token_file: Path) -> P
     return path
 
 
+class _NoQueryStrings:
+    """Logging filter for uvicorn's access log: the path without its query string, which may carry
+    secrets (a token sent as `?token=`); uvicorn passes the path as the third argument."""
+
+    def filter(self, record) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            record.args = (*record.args[:2], record.args[2].split("?", 1)[0], *record.args[3:])
+        return True
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -87,18 +102,31 @@ def run(args: argparse.Namespace) -> int:
     from ..paths import cache_dir
     from ..server.app import create_app
     from ..server.auth import ensure_token, read_token
+    from ..server.datalock import lock_data_folder
+    from ..server.hosts import LOOPBACK_NAMES
     from ..server.runner import ServerOptions
 
-    if not args.allow_remote and not is_loopback(args.host):
+    loopback = is_loopback(args.host)
+    if not args.allow_remote and not loopback:
         raise InputError(f"{args.host} is reachable from other machines; pass --allow-remote to serve "
                          "there anyway (keep the token secret), or use 127.0.0.1.")
     if args.back_view_token and not Path(args.back_view_token).is_file():
         raise InputError(f"--back-view-token {args.back_view_token}: no such file.")
+    if args.prior_cache_mb < 1 or args.upload_timeout <= 0:
+        raise InputError("--prior-cache-mb and --upload-timeout must be positive.")
+    # Everything the server writes (jobs, priors, results, token, handshake) is its owner's alone.
+    os.umask(0o077)
     data_dir = (args.data or cache_dir() / "server").resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    # Before anything reads the job queue: a second server on this folder stops here.
+    folder_lock = lock_data_folder(data_dir, HANDSHAKE_FILE)
     token_file = ensure_token(data_dir)
     options = ServerOptions(data_dir=data_dir, models=args.models, preset_limit=args.preset_limit,
-                            back_view_token_file=args.back_view_token, cpu_offload=args.cpu_offload)
+                            back_view_token_file=args.back_view_token, cpu_offload=args.cpu_offload,
+                            allowed_hosts=(*LOOPBACK_NAMES, args.host) if loopback else (),
+                            prior_cache_bytes=args.prior_cache_mb * 1024 * 1024,
+                            upload_timeout_s=args.upload_timeout)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(options, read_token(token_file))
 
@@ -114,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
     # ends as KeyboardInterrupt (exit code 130).
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="on")).run(sockets=[sock])
+        config = uvicorn.Config(app, log_level="info", lifespan="on")
+        logging.getLogger("uvicorn.access").addFilter(_NoQueryStrings())  # after uvicorn's logging setup
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
         sock.close()
@@ -123,4 +153,5 @@ def run(args: argparse.Namespace) -> int:
                 handshake.unlink()
         except (OSError, ValueError):
             pass
+        folder_lock.release()
     return 0

@@ -1,7 +1,7 @@
 """`HeadPrior`: the shape prior every stage trains on, and how it is loaded and cached.
 
 Loading validates and normalises the mesh, then takes the signed-distance grid and the landmark
-embedding from the cache (`paths.cache_dir()/priors/<content hash>/`) or computes and stores them.
+embedding from the cache (`paths.cache_dir()/priors/<content hash>/`, or a folder the caller names) or computes and stores them.
 """
 from __future__ import annotations
 
@@ -134,10 +134,12 @@ def content_hash(mesh: MeshArrays) -> str:
     return digest.hexdigest()[:24]
 
 
-def prior_cache_dir(hash_: str) -> Path:
+def prior_cache_dir(hash_: str, root: Path | None = None) -> Path:
+    """Where a prior's grid and landmarks are cached: `root` (the server passes a folder inside its
+    data folder) or the engine cache's `priors/`."""
     from ..paths import cache_dir
 
-    return cache_dir() / "priors" / hash_
+    return (root if root is not None else cache_dir() / "priors") / hash_
 
 
 def _atomic_save(path: Path, write: Callable[[Path], None]) -> None:
@@ -186,12 +188,12 @@ def _cached_detection(cache: Path, vertices: np.ndarray, faces: np.ndarray,
 
 def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | None" = None,
                detect_landmarks: bool = True, progress: Callable[[str], None] | None = None,
-               sdf_resolution: int = GRID_RESOLUTION) -> HeadPrior:
+               sdf_resolution: int = GRID_RESOLUTION, cache_root: Path | None = None) -> HeadPrior:
     """Load a head mesh (a path to OBJ/PLY/GLB, or `MeshArrays` in the canonical frame) as a prior.
 
     Landmarks: from `landmark_file` (a .npy of vertex indices) when given, else detected on renders
     when `detect_landmarks`, else none. `sdf_resolution`: grid samples per axis (coarser is quicker
-    to build, for tests and previews). Raises InputError for meshes that cannot serve as a prior.
+    to build, for tests and previews). `cache_root`: see `prior_cache_dir`. Raises InputError for meshes that cannot serve as a prior.
     """
     say = progress or (lambda message: None)
     raw = source if isinstance(source, MeshArrays) else load_mesh_file(source)
@@ -199,7 +201,7 @@ def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | N
     transform = PriorTransform.fit(mesh.vertices)
     vertices = transform.to_normalised(mesh.vertices.astype(np.float64)).astype(np.float32)
     hash_ = content_hash(mesh)
-    cache = prior_cache_dir(hash_)
+    cache = prior_cache_dir(hash_, cache_root)
     cache.mkdir(parents=True, exist_ok=True)
     _cache_mesh(cache, vertices, mesh.faces, transform)
     if landmark_file is not None:

@@ -1,23 +1,30 @@
 """The FastAPI application of API v1 (see api-contract.md): routes, error bodies, size limit."""
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from .. import API_VERSION, __version__
-from ..errors import HeadSculptError
 from .auth import BearerAuth
+from .files import regular_file
+from .hosts import HostCheck
 from .priors import BadPrior, BuildPrior, PriorStore, PriorTooLarge, build_engine_prior, write_landmark_preview
 from .runner import PipelineJobs, ServerOptions
-from .schemas import ErrorBody, Health, JobInfo, JobList, JobRequest, PriorInfo, PriorUpload
+from .schemas import (ErrorBody, Health, JobEvent, JobInfo, JobList, JobRequest, PriorInfo, PriorUpload,
+                      validation_sentence)
 from .store import JobRecord, JobStore
+from .uploads import UploadRunner
 from .worker import RunJob, Worker
 
 log = logging.getLogger("headsculpt.server")
@@ -27,7 +34,9 @@ SHUTDOWN_TIMEOUT_S = 120.0
 RESULT_FILES = ("avatar.glb", "avatar_albedo.png", "avatar.json", "avatar.obj", "avatar.mtl", "turntable.gif")
 _MEDIA_TYPES = {".glb": "model/gltf-binary", ".png": "image/png", ".json": "application/json",
                 ".obj": "text/plain", ".mtl": "text/plain", ".gif": "image/gif"}
-_ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422)}
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 421, 422)}
+JOB_REQUEST = TypeAdapter(JobRequest)
+PRIOR_UPLOAD = TypeAdapter(PriorUpload)
 
 
 class BodySizeLimit:
@@ -58,19 +67,6 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
-def _validation_sentence(error: RequestValidationError) -> str:
-    """Pydantic's error list as one sentence: which field, what is wrong."""
-    parts = []
-    for item in error.errors()[:3]:
-        where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path"))
-        if item.get("type") == "json_invalid":
-            return "The request body is not valid JSON."
-        if item.get("type") in ("union_tag_invalid", "union_tag_not_found"):
-            return "The job needs \"kind\": \"generate\" or \"edit\"."
-        parts.append(f"{where or 'body'}: {item.get('msg', 'invalid value')}")
-    return "Invalid request: " + "; ".join(parts) + "."
-
-
 @functools.cache
 def device_label() -> str:
     """What the jobs run on, as the health answer shows it (imports torch once, on first ask)."""
@@ -85,10 +81,18 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
                build_prior: BuildPrior = build_engine_prior) -> FastAPI:
     """The app over `options.data_dir`. `run_job` defaults to the pipeline; tests inject their own."""
     store = JobStore(options.data_dir)
-    priors = PriorStore(options.data_dir, build_prior)
+    uploads = UploadRunner(build_prior, options.upload_timeout_s, options.upload_memory_bytes)
+
+    def priors_in_use() -> set[str]:
+        return {job.request.get("prior_id", "") for job in store.list() if job.state in ("queued", "running")}
+
+    priors = PriorStore(options.data_dir, uploads.run, options.prior_cache_bytes, in_use=priors_in_use)
     worker = Worker(store, run_job or PipelineJobs(store, priors.root, options))
-    # Building a prior is heavy (landmark detection): one at a time, in the request's thread.
-    prior_lock = threading.Lock()
+    # One upload at a time (each in its own process); the next one's body is not read meanwhile,
+    # so waiting uploads cost no memory.
+    upload_lock = asyncio.Lock()
+    # Rendering a landmark sheet is heavy: one at a time, each prior's sheet only once.
+    preview_lock = threading.Lock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -102,17 +106,20 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             # still loading models cannot stop before its first iteration: past the timeout it is
             # simply left `running`, and the next start queues it again all the same.
             log.info("stopping: the running job, if any, writes its checkpoint")
+            uploads.cancel()
             worker.stop(timeout_s=SHUTDOWN_TIMEOUT_S)
 
     app = FastAPI(title="HeadSculpt engine", version=__version__, lifespan=lifespan,
                   description=f"API v{API_VERSION}. Every endpoint except /v1/health needs "
                               "'Authorization: Bearer <token>'.")
     app.add_middleware(BodySizeLimit)
-    app.add_middleware(BearerAuth, token=token)  # added last: runs first, before any body is read
+    app.add_middleware(BearerAuth, token=token)  # runs before any body is read
+    if options.allowed_hosts:
+        app.add_middleware(HostCheck, names=options.allowed_hosts)  # added last: runs first
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
-        return JSONResponse({"detail": _validation_sentence(error)}, status_code=422)
+        return JSONResponse({"detail": validation_sentence(list(error.errors()))}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception):
@@ -129,8 +136,7 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
     def job_info(job: JobRecord) -> JobInfo:
         request = job.request
         run_dir = store.run_dir(job.job_id)
-        preview = run_dir / job.preview if job.preview else None
-        results = [name for name in RESULT_FILES if (run_dir / "result" / name).is_file()] \
+        results = [name for name in RESULT_FILES if regular_file(run_dir, f"result/{name}")] \
             if job.state == "done" else []
         return JobInfo(
             job_id=job.job_id, kind=job.kind, state=job.state, stage=job.stage, iteration=job.iteration,
@@ -138,8 +144,8 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             prompt=request.get("prompt", ""), instruction=request.get("instruction"),
             seed=request["seed"], preset=request["preset"], prior_id=request.get("prior_id", ""),
             parent_job_id=request.get("parent_job_id"), created_at=job.created_at,
-            updated_at=job.updated_at, has_preview=bool(preview and preview.is_file()),
-            result_files=results)
+            updated_at=job.updated_at, has_preview=bool(job.preview and regular_file(run_dir, job.preview)),
+            result_files=results, history=[JobEvent(at=at, message=message) for at, message in job.history])
 
     def get_job(job_id: str) -> JobRecord:
         job = store.get(job_id)
@@ -147,19 +153,18 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             raise HTTPException(404, f"No job {job_id!r} on this engine; list jobs with GET /v1/jobs.")
         return job
 
-    @app.post("/v1/priors", responses=_ERRORS, response_model=PriorInfo, status_code=201)
-    def upload_prior(upload: PriorUpload) -> PriorInfo:
-        try:
-            with prior_lock:
-                return priors.add(upload)
-        except PriorTooLarge as error:
-            raise HTTPException(413, str(error)) from None
-        except (BadPrior, HeadSculptError) as error:
-            raise HTTPException(422, str(error)) from None
-        except Exception as error:  # noqa: BLE001 - a mesh the prior code cannot digest is refused
-            log.exception("building an uploaded prior failed")
-            raise HTTPException(422, f"The mesh could not be turned into a head prior ({type(error).__name__}: "
-                                     f"{error}); upload a single connected head surface.") from None
+    @app.post("/v1/priors", responses=_ERRORS, response_model=PriorInfo, status_code=201,
+              openapi_extra=_json_body(PriorUpload.__name__))
+    async def upload_prior(request: Request) -> PriorInfo:
+        """The body goes unparsed to a child process (uploads.py); this process only waits."""
+        async with upload_lock:
+            body = await request.body()
+            try:
+                return await run_in_threadpool(priors.add, body)
+            except PriorTooLarge as error:
+                raise HTTPException(413, str(error)) from None
+            except BadPrior as error:
+                raise HTTPException(422, str(error)) from None
 
     @app.get("/v1/priors/{prior_id}", responses=_ERRORS, response_model=PriorInfo)
     def get_prior(prior_id: str) -> PriorInfo:
@@ -168,17 +173,38 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             raise HTTPException(404, f"No prior {prior_id!r} on this engine; upload it with POST /v1/priors.")
         return info
 
+    @app.delete("/v1/priors/{prior_id}", responses=_ERRORS, status_code=204, response_class=Response)
+    def delete_prior(prior_id: str) -> Response:
+        get_prior(prior_id)
+        if not priors.delete(prior_id):
+            raise HTTPException(409, "Queued or running jobs use this prior: let them finish or cancel them, "
+                                     "then delete it.")
+        return Response(status_code=204)
+
     @app.get("/v1/priors/{prior_id}/landmark-preview", response_class=FileResponse,
              responses={**_ERRORS, 200: {"content": {"image/png": {}}}})
     def prior_landmark_preview(prior_id: str) -> FileResponse:
         get_prior(prior_id)
         prior_dir = priors.prior_dir(prior_id)
-        with prior_lock:  # rendering is heavy: one at a time, and each prior's sheet only once
-            path = write_landmark_preview(prior_dir, prior_dir.parent / "landmark_preview.png")
+        with preview_lock:
+            write_landmark_preview(prior_dir, prior_dir.parent / "landmark_preview.png")
+        path = regular_file(prior_dir.parent, "landmark_preview.png")
+        if path is None:
+            raise HTTPException(404, f"The landmark preview of prior {prior_id!r} is not available.")
         return FileResponse(path, media_type="image/png")
 
-    @app.post("/v1/jobs", responses=_ERRORS, response_model=JobInfo, status_code=202)
-    def submit_job(request: JobRequest) -> JobInfo:
+    @app.post("/v1/jobs", responses=_ERRORS, response_model=JobInfo, status_code=202,
+              openapi_extra=_json_body("JobRequest"))
+    async def submit_job(http_request: Request) -> JobInfo:
+        body = await http_request.body()
+        try:
+            # pydantic's own JSON parser: invalid UTF-8, deep nesting and huge numbers are 422s too.
+            request = await run_in_threadpool(JOB_REQUEST.validate_json, body)
+        except ValidationError as error:
+            raise HTTPException(422, validation_sentence(error.errors())) from None
+        return await run_in_threadpool(accept_job, request)
+
+    def accept_job(request: JobRequest) -> JobInfo:
         if request.preset not in options.allowed_presets():
             raise HTTPException(422, f"This engine accepts the presets {', '.join(options.allowed_presets())} "
                                      f"only (started with --preset-limit {options.preset_limit}).")
@@ -186,6 +212,7 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         if request.kind == "generate":
             if priors.info(request.prior_id) is None:
                 raise HTTPException(422, f"Unknown prior_id {request.prior_id!r}: upload the prior first.")
+            priors.touch(request.prior_id)
         else:
             parent = store.get(request.parent_job_id)
             if parent is None:
@@ -211,9 +238,8 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             responses={**_ERRORS, 200: {"content": {"image/png": {}}}})
     def job_preview(job_id: str) -> FileResponse:
         job = get_job(job_id)
-        run_dir = store.run_dir(job.job_id).resolve()
-        path = (run_dir / job.preview).resolve() if job.preview else None
-        if path is None or not path.is_file() or not path.is_relative_to(run_dir):
+        path = regular_file(store.run_dir(job.job_id), job.preview) if job.preview else None
+        if path is None:
             raise HTTPException(404, "This job has no preview yet; previews appear as training goes on.")
         return FileResponse(path, media_type="image/png")
 
@@ -224,7 +250,9 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         if name not in info.result_files:  # only the fixed names, never a client-chosen path
             raise HTTPException(404, f"This job has no result {name!r}; it has: "
                                      f"{', '.join(info.result_files) or 'none yet'}.")
-        path = store.run_dir(info.job_id) / "result" / name
+        path = regular_file(store.run_dir(info.job_id), f"result/{name}")
+        if path is None:  # removed since it was listed
+            raise HTTPException(404, f"This job's result {name!r} is no longer there.")
         return FileResponse(path, media_type=_MEDIA_TYPES[Path(name).suffix], filename=name)
 
     @app.post("/v1/jobs/{job_id}/cancel", responses=_ERRORS, response_model=JobInfo)
@@ -239,18 +267,36 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             raise HTTPException(409, "The job is running: cancel it first, then delete it.")
         return Response(status_code=204)
 
-    _document_bearer_auth(app, public=("/v1/health",))
+    _document_schema(app, public=("/v1/health",))
     return app
 
 
-def _document_bearer_auth(app: FastAPI, public: tuple[str, ...]) -> None:
-    """Declare the bearer token in the OpenAPI schema (the BearerAuth middleware enforces it)."""
+def _json_body(schema_name: str) -> dict[str, Any]:
+    """The request body of a route that parses its own JSON (see `_document_schema`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}}
+
+
+def _document_schema(app: FastAPI, public: tuple[str, ...]) -> None:
+    """Complete the OpenAPI schema: the bodies the routes parse themselves, the bearer token (the
+    BearerAuth middleware enforces it) and the Host check's 421 on every route."""
     build_schema = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = build_schema()
-            schema.setdefault("components", {})["securitySchemes"] = {
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, adapter in (("PriorUpload", PRIOR_UPLOAD), ("JobRequest", JOB_REQUEST)):
+                body = adapter.json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[name] = body
+            components.setdefault("ErrorBody", ErrorBody.model_json_schema())
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation.setdefault("responses", {}).setdefault("421", {
+                        "description": "Misdirected Request",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+            schema["components"]["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer",
                            "description": "The token in the engine's data folder (DATA/token)."}}
             for path, operations in schema["paths"].items():

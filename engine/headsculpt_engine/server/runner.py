@@ -10,6 +10,7 @@ from ..config import DEFAULT_BASE_MODEL, PRESETS, RunConfig, preset_config
 from ..errors import InputError
 from ..stages.loop import RunCallbacks
 from .store import JobRecord, JobStore
+from .uploads import DEFAULT_MEMORY_BYTES
 
 
 @dataclass
@@ -22,6 +23,11 @@ class ServerOptions:
     preset_limit: str = "paper"  # the heaviest preset this server accepts
     back_view_token_file: str = ""
     cpu_offload: bool = False
+    # Host header names a loopback server answers to; empty: no check (remote servers, in-process tests).
+    allowed_hosts: tuple[str, ...] = ()
+    prior_cache_bytes: int = 2048 * 1024 * 1024  # uploaded priors beyond this: least recently used go
+    upload_timeout_s: float = 600.0  # checking and preparing one uploaded prior
+    upload_memory_bytes: int = DEFAULT_MEMORY_BYTES  # its memory cap
 
     def allowed_presets(self) -> tuple[str, ...]:
         """PRESETS runs from heaviest to lightest: the limit and everything lighter."""

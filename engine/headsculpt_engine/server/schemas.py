@@ -1,7 +1,7 @@
 """Request and answer bodies of API v1 (see api-contract.md), validated by pydantic."""
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -16,7 +16,8 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON true is not the integer 1, "3" is not 3; a float field still takes a JSON integer.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Health(BaseModel):
@@ -74,6 +75,11 @@ class EditRequest(_Strict):
 JobRequest = Annotated[Union[GenerateRequest, EditRequest], Field(discriminator="kind")]
 
 
+class JobEvent(BaseModel):
+    at: float
+    message: str
+
+
 class JobInfo(BaseModel):
     job_id: str
     kind: Literal["generate", "edit"]
@@ -94,6 +100,7 @@ class JobInfo(BaseModel):
     updated_at: float
     has_preview: bool
     result_files: list[str]
+    history: list[JobEvent]
 
 
 class JobList(BaseModel):
@@ -102,3 +109,17 @@ class JobList(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+def validation_sentence(errors: list[dict[str, Any]]) -> str:
+    """Pydantic's error list as one sentence: which field, what is wrong."""
+    parts = []
+    for item in errors[:3]:
+        where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path"))
+        if item.get("type") == "json_invalid":
+            return ("The request body is not valid JSON (UTF-8 text, nested at most a few hundred "
+                    f"levels deep): {item.get('ctx', {}).get('error', 'unreadable')}.")
+        if item.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+            return "The job needs \"kind\": \"generate\" or \"edit\"."
+        parts.append(f"{where or 'body'}: {item.get('msg', 'invalid value')}")
+    return "Invalid request: " + "; ".join(parts) + "."

@@ -37,8 +37,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     preview TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id)
 """
+
+STOPPED_MESSAGE = "The engine stopped during this job; it resumes from its last checkpoint."
 
 
 @dataclass
@@ -60,6 +68,8 @@ class JobRecord:
     preview: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    # (time, sentence) of what happened to the job beyond its state: restarts, reasons it ended.
+    history: list[tuple[float, str]] = field(default_factory=list)
 
 
 class JobStore:
@@ -73,7 +83,7 @@ class JobStore:
         self._submit_lock = threading.Lock()
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
+            db.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         # One short-lived connection per operation: safe across threads, and autocommit
@@ -89,11 +99,22 @@ class JobStore:
     def _rows(self, sql: str, params: tuple = ()) -> Iterator[JobRecord]:
         with closing(self._connect()) as db:
             rows = db.execute(sql, params).fetchall()
+            history: dict[str, list[tuple[float, str]]] = {}
+            if rows:
+                ids = [row["job_id"] for row in rows]
+                events = db.execute(f"SELECT job_id, at, message FROM job_events WHERE job_id IN "
+                                    f"({','.join('?' * len(ids))}) ORDER BY rowid", ids).fetchall()
+                for event in events:
+                    history.setdefault(event["job_id"], []).append((event["at"], event["message"]))
         for row in rows:
             data = dict(row)
             data["request"] = json.loads(data["request"])
             data["cancel_requested"] = bool(data["cancel_requested"])
-            yield JobRecord(**data)
+            yield JobRecord(**data, history=history.get(data["job_id"], []))
+
+    def _note(self, db: sqlite3.Connection, job_ids: list[str], message: str, now: float) -> None:
+        db.executemany("INSERT INTO job_events (job_id, at, message) VALUES (?, ?, ?)",
+                       [(job_id, now, message) for job_id in job_ids])
 
     def run_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
@@ -121,27 +142,42 @@ class JobStore:
         return next(self._rows("SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"), None)
 
     def claim(self, job_id: str) -> bool:
-        """queued -> running; False when a client cancelled it first."""
-        return self._execute("UPDATE jobs SET state = 'running', message = '', updated_at = ? "
+        """queued -> running; False when a client cancelled it first. The message stays: after a
+        restart it says the job is resuming."""
+        return self._execute("UPDATE jobs SET state = 'running', updated_at = ? "
                              "WHERE job_id = ? AND state = 'queued'", (time.time(), job_id)) == 1
 
     def finish(self, job_id: str, state: str, message: str = "") -> None:
         if state not in STATES:
             raise ValueError(f"unknown job state {state!r}")
-        self._execute("UPDATE jobs SET state = ?, message = ?, eta_s = NULL, updated_at = ? "
-                      "WHERE job_id = ?", (state, message, time.time(), job_id))
+        now = time.time()
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("UPDATE jobs SET state = ?, message = ?, eta_s = NULL, updated_at = ? "
+                       "WHERE job_id = ?", (state, message, now, job_id))
+            if message:
+                self._note(db, [job_id], message, now)
+            db.execute("COMMIT")
 
     def requeue(self, job_id: str, message: str) -> None:
         """running -> queued, keeping its place (seq): it resumes from its checkpoint next."""
-        self._execute("UPDATE jobs SET state = 'queued', message = ?, eta_s = NULL, updated_at = ? "
-                      "WHERE job_id = ? AND state = 'running'", (message, time.time(), job_id))
+        self._requeue("job_id = ? AND state = 'running'", (job_id,), message)
 
     def requeue_interrupted(self) -> int:
         """After a crash or kill: jobs left `running` go back to the queue, ahead of newer ones."""
-        return self._execute(
-            "UPDATE jobs SET state = 'queued', eta_s = NULL, updated_at = ?, "
-            "message = 'The engine stopped during this job; it resumes from its last checkpoint.' "
-            "WHERE state = 'running'", (time.time(),))
+        return self._requeue("state = 'running'", (), STOPPED_MESSAGE)
+
+    def _requeue(self, where: str, params: tuple, message: str) -> int:
+        """Queue the matching running jobs again with `message`, noted in their history."""
+        now = time.time()
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            ids = [row[0] for row in db.execute(f"SELECT job_id FROM jobs WHERE {where}", params)]
+            db.execute(f"UPDATE jobs SET state = 'queued', message = ?, eta_s = NULL, updated_at = ? "
+                       f"WHERE {where}", (message, now, *params))
+            self._note(db, ids, message, now)
+            db.execute("COMMIT")
+        return len(ids)
 
     def update_progress(self, job_id: str, stage: str, iteration: int, total: int,
                         loss: float | None, eta_s: float | None) -> None:
@@ -170,5 +206,6 @@ class JobStore:
         """Remove a job that is not running; False when it is running (or was just claimed)."""
         if self._execute("DELETE FROM jobs WHERE job_id = ? AND state != 'running'", (job_id,)) != 1:
             return False
+        self._execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
         shutil.rmtree(self.run_dir(job_id), ignore_errors=True)
         return True
