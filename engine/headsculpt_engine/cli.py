@@ -14,6 +14,7 @@ COMMANDS = [
     "generate",
     "edit",
     "learn_token",
+    "download_models",
     "make_tiny_models",
     "serve",
     "landmarks",
