@@ -46,7 +46,7 @@ class Request:
     server: str  # "hub" or "cdn"
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
 
 
 @dataclass
@@ -124,7 +124,7 @@ def _handler(hub: FakeHub, server_name: str) -> type[BaseHTTPRequestHandler]:
             self._route(body=True)
 
         def _route(self, body: bool) -> None:
-            hub.log(Request(server_name, self.command, self.path, dict(self.headers.items())))
+            hub.log(Request(server_name, self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
             if server_name == "cdn":
                 match = re.fullmatch(r"/blobs/([0-9a-f]{64})", self.path)
                 if not match or match.group(1) not in hub.blobs:
