@@ -262,28 +262,58 @@ def test_generate_offline_with_models_missing_stops_with_the_sentence_and_writes
     assert hub.requests == []  # not even a look at the Hub
 
 
-def test_generate_fetches_missing_models_sizes_first_then_runs_offline(tmp_path, hub):
-    """The one end-to-end run: `generate` with the default ids downloads what it loads (not the IP2P
-    ControlNet, which only editing needs), then an --offline run loads them from the cache. The tiny
-    preset implies the tiny models, so the base model is named with --set (issue 22 point 4)."""
-    args = ["generate", "--prompt", PROMPT, "--preset", "tiny", "--models", "default", "--stage", "coarse",
-            "--device", "cpu", "--set", f"models.base={SD}"]
-    online = headsculpt(tmp_path, hub, *args, "--out", str(tmp_path / "online"), timeout=300)
-    assert online.returncode == 0, online.stderr[-3000:]
-    table = online.stdout.index("Models (sizes from the Hugging Face Hub):")
-    assert table < online.stdout.index("Generating")  # sizes shown before the run
-    assert f"{FACE} (diffusion_sd15)" in online.stdout and IP2P not in online.stdout
+def test_generate_loads_the_downloaded_default_models_offline(tmp_path, hub):
+    """The one end-to-end run: download-models, then `generate --models default --offline` with no Hub
+    at all. The tiny preset implies the tiny models (issue 22 point 4, the lead's), so the base model
+    is named with --set; the ControlNet is the default id as it stands."""
+    fetched = headsculpt(tmp_path, hub, "download-models")
+    assert fetched.returncode == 0, fetched.stderr
+    hub.stop()
+    run_dir = tmp_path / "run"
+    offline = headsculpt(tmp_path, None, "generate", "--prompt", PROMPT, "--preset", "tiny", "--models", "default",
+                         "--stage", "coarse", "--device", "cpu", "--set", f"models.base={SD}", "--set",
+                         "coarse.iterations=1", "--offline", "--out", str(run_dir), timeout=300)
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    assert "Models (sizes" not in offline.stdout
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config"]["models"]["base"] == SD and record["config"]["models"]["face_controlnet"] == FACE
+    assert (run_dir / "coarse" / "checkpoint.pt").is_file()
+
+
+def test_loading_fetches_what_a_run_lacks_sizes_first_and_then_nothing(tmp_path, hub):
+    """The path `generate` and `edit` take when downloads are allowed (their default): the size table,
+    the bars, then the models load; a second load finds everything and asks the Hub nothing."""
+    script = ("from headsculpt_engine.config import ModelsConfig; "
+              "from headsculpt_engine.models.loading import load_diffusion_models; "
+              "load_diffusion_models(ModelsConfig(allow_download=True), 'cpu'); print('second'); "
+              "load_diffusion_models(ModelsConfig(allow_download=True), 'cpu'); print('loaded')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=_env(tmp_path, hub))
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = result.stdout.split("second\n")
+    assert first.startswith("Models (sizes from the Hugging Face Hub):") and "To download: " in first
+    assert f"{FACE} (diffusion_sd15)" in first and IP2P not in first  # generation needs no IP2P ControlNet
+    assert second == "loaded\n" and "  total: 100%" in result.stderr
+    assert len([r for r in hub.requests if r.path.startswith("/api/")]) == 2  # the first load only
     cache = tmp_path / "cache"
     assert _cached_files(cache, SD) == EXPECTED[SD] and _cached_files(cache, FACE) == EXPECTED[FACE]
     assert not _snapshot(cache, IP2P).exists()
 
-    hub.stop()  # no Hub at all from here on
-    offline = headsculpt(tmp_path, None, *args, "--offline", "--out", str(tmp_path / "offline"), timeout=300)
-    assert offline.returncode == 0, offline.stderr[-3000:]
-    assert "Models (sizes" not in offline.stdout
-    record = json.loads((tmp_path / "offline" / "run.json").read_text())
-    assert record["config"]["models"]["base"] == SD and record["config"]["models"]["face_controlnet"] == FACE
-    assert (tmp_path / "offline" / "coarse" / "checkpoint.pt").is_file()
+
+def test_generate_and_edit_download_unless_offline(monkeypatch):
+    from headsculpt_engine.cli import build_parser
+    from headsculpt_engine.commands.options import config_from_args
+
+    def allowed(*argv: str) -> bool:
+        return config_from_args(build_parser().parse_args(list(argv))).models.allow_download
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert allowed("generate", "--prompt", PROMPT)
+    assert allowed("edit", "--from", "run", "--instruction", "make him older", "--preset", "draft")
+    assert not allowed("generate", "--prompt", PROMPT, "--offline")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not allowed("generate", "--prompt", PROMPT)
 
 
 def test_choose_files_prefers_fp16_safetensors_and_never_pickles():

@@ -77,7 +77,7 @@ def test_missing_model_id_names_it_and_how_to_get_it():
         load_diffusion_models(cfg, "cpu")
     message = str(info.value)
     assert "headsculpt-test/no-such-model-7f3a9c" in message
-    assert "huggingface-cli download headsculpt-test/no-such-model-7f3a9c" in message
+    assert "headsculpt download-models --models headsculpt-test/no-such-model-7f3a9c" in message
 
 
 def test_missing_model_folder_is_reported(tmp_path):
