@@ -376,3 +376,12 @@ def test_the_server_never_downloads():
 
     request = {"preset": "draft", "prompt": PROMPT, "seed": 0, "kind": "generate"}
     assert job_config(request, ServerOptions(data_dir=Path("."))).models.allow_download is False
+
+
+def test_download_models_refuses_with_hub_offline_and_writes_nothing(tmp_path, hub):
+    result = headsculpt(tmp_path, hub, "download-models", "--progress", "json", HF_HUB_OFFLINE="1")
+    assert result.returncode == 2
+    assert result.stderr == ("headsculpt: error: HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it "
+                             "and try again.\n")
+    assert _events(result.stdout)[-1]["event"] == "error"
+    assert hub.requests == [] and not (tmp_path / "cache").exists()
