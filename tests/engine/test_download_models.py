@@ -203,14 +203,14 @@ def test_failures_give_a_sentence_and_leave_no_broken_cache_entry(tmp_path, hub,
     models = [SD]
     if fault == "401":
         hub.gated[SD] = "hf_the-right-token"
-        expected = f"The Hugging Face Hub refused access to scheduler/scheduler_config.json of {SD} (HTTP 401)"
+        expected = f"The Hugging Face Hub refused access to the file scheduler/scheduler_config.json of {SD} (HTTP 401)"
     elif fault == "404":
         models = [SD, "nobody/no-such-model"]
-        expected = "The Hugging Face Hub has no the model nobody/no-such-model (HTTP 404): check the model id."
+        expected = "The model nobody/no-such-model was not found on the Hugging Face Hub (HTTP 404): check the model id."
     else:
         hub.drop_once.add(f"{SD}/{UNET_FP16}")
         hub.drop_always.add(f"{SD}/{UNET_FP16}")
-        expected = f"The download of {UNET_FP16} of {SD} from {hub.endpoint} failed (the connection was lost)"
+        expected = f"The download of the file {UNET_FP16} of {SD} from {hub.endpoint} failed (the connection was lost)"
     failed = headsculpt(tmp_path, hub, "download-models", "--progress", "json", "--models", *models)
     assert failed.returncode == 2
     lines = failed.stderr.splitlines()

@@ -330,7 +330,7 @@ def hub_errors(repo_id: str, endpoint: str | None, path: str = "") -> Iterator[N
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    what = f"{path} of {repo_id}" if path else f"the model {repo_id}"
+    what = f"the file {path} of {repo_id}" if path else f"the model {repo_id}"
     hub = endpoint or constants.ENDPOINT
     again = "run the same command again (files already downloaded are kept)"
     try:
@@ -343,7 +343,8 @@ def hub_errors(repo_id: str, endpoint: str | None, path: str = "") -> Iterator[N
                 "is gated or private, accept its terms on its huggingface.co page and pass an access token "
                 "(--token-file FILE, or the HF_TOKEN environment variable).") from error
         if status == 404:
-            raise DownloadError(f"The Hugging Face Hub has no {what} (HTTP 404): check the model id.") from error
+            raise DownloadError(f"{what[0].upper()}{what[1:]} was not found on the Hugging Face Hub (HTTP 404): "
+                                "check the model id.") from error
         raise DownloadError(f"The Hugging Face Hub answered HTTP {status} for {what}: try again later, then "
                             f"{again}.") from error
     except LocalEntryNotFoundError as error:
