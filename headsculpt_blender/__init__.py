@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import engine, jobs, operators, panel, preferences, properties
+from . import engine, engine_setup, jobs, model_download, operators, panel, preferences, properties
 
 MODULES = (preferences, properties, operators, panel)
 
@@ -29,5 +29,7 @@ def unregister() -> None:
         bpy.app.handlers.load_post.remove(_resume_after_load)
     jobs.shutdown()
     engine.LOCAL.stop()
+    engine_setup.SETUP.cancel()  # a setup or download left running would outlive the add-on
+    model_download.DOWNLOAD.cancel()
     for module in reversed(MODULES):
         module.unregister()

@@ -9,6 +9,7 @@ import atexit
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import threading
 import time
@@ -25,7 +26,8 @@ class EngineSettings:
     mode: str = "local"  # "local" | "remote"
     url: str = ""
     token: str = ""
-    python: str = ""  # engine interpreter for local mode; "" = detect
+    python: str = ""  # engine interpreter for local mode, from the preferences; "" = look for one
+    setup_python: str = ""  # the engine that Set up engine made, when it finished ("" = none)
     data_dir: str = ""  # the local engine's data folder (jobs, priors, token)
     models: str = "tiny"  # "tiny" | "default" | a folder
     back_view_token_file: str = ""
@@ -45,6 +47,27 @@ def detect_engine_python(start: Path) -> str:
     return ""
 
 
+NO_ENGINE = ("No engine is set up on this computer yet: press Set up engine (in the HeadSculpt panel or the "
+             "add-on preferences), or use a remote engine.")
+
+
+def engine_launcher(settings: EngineSettings) -> list[str]:
+    """How to run the engine, in lookup order: the interpreter named in the preferences, the engine that
+    Set up engine made, a source checkout's `.venv` above the add-on (developers), `headsculpt` on PATH."""
+    if settings.python:
+        if not Path(settings.python).is_file():
+            raise EngineError(f"The engine Python {settings.python} does not exist; fix it in the add-on "
+                              "preferences or clear it to use the engine that Set up engine makes.")
+        return [settings.python, "-m", "headsculpt_engine"]
+    python = settings.setup_python or detect_engine_python(Path(__file__).resolve().parent)
+    if python:
+        return [python, "-m", "headsculpt_engine"]
+    command = shutil.which("headsculpt")
+    if command:
+        return [command]
+    raise EngineError(NO_ENGINE)
+
+
 def parse_extra_args(text: str) -> tuple[str, ...]:
     try:
         return tuple(shlex.split(text))
@@ -62,14 +85,8 @@ class LocalEngine:
         self._started_with: tuple | None = None
 
     def command(self, settings: EngineSettings) -> list[str]:
-        python = settings.python or detect_engine_python(Path(__file__).resolve().parent)
-        if not python:
-            raise EngineError("No engine Python was found: set the engine's Python interpreter in the add-on "
-                              "preferences (the .venv of a HeadSculpt checkout), or use a remote engine.")
-        if not Path(python).is_file():
-            raise EngineError(f"The engine Python {python} does not exist; fix it in the add-on preferences.")
-        command = [python, "-m", "headsculpt_engine", "serve", "--host", "127.0.0.1", "--port", "0",
-                   "--data", settings.data_dir, "--models", settings.models or "tiny"]
+        command = engine_launcher(settings) + ["serve", "--host", "127.0.0.1", "--port", "0",
+                                               "--data", settings.data_dir, "--models", settings.models or "tiny"]
         if settings.back_view_token_file:
             command += ["--back-view-token", settings.back_view_token_file]
         return command + list(settings.extra_args)

@@ -74,12 +74,12 @@ def _apply_finished(scene) -> None:
             pending.apply(scene, pending.future.result())
             _failed_at.pop(scene.name, None)
         except EngineError as error:
-            st.last_error = str(error)
+            st.last_error, st.status = str(error), ""  # the status named the work that failed
             _failed_at[scene.name] = time.monotonic()
             if st.job_state == "submitting":
                 st.job_state = ""
         except Exception as error:  # an import or file problem: report it, keep Blender running
-            st.last_error = f"{pending.what.capitalize()} failed: {error}"
+            st.last_error, st.status = f"{pending.what.capitalize()} failed: {error}", ""
             _failed_at[scene.name] = time.monotonic()
             if st.job_state == "submitting":
                 st.job_state = ""

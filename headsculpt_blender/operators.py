@@ -8,10 +8,10 @@ from pathlib import Path
 
 import bpy
 
-from . import jobs
+from . import engine_setup, jobs, model_download
 from .client import EngineError
-from .engine import LOCAL
-from .preferences import engine_settings, preferences, user_dir
+from .engine import LOCAL, engine_launcher
+from .preferences import TOKEN_PROP, engine_settings, preferences, setup_env_dir, user_dir
 from .prior import (FLAME_VERTEX_COUNT, is_flame_counts, load_landmark_indices, mesh_arrays, object_badge,
                     object_counts)
 from .properties import ACTIVE_STATES, PROP_JOB, PROP_PRIOR, PROP_PROMPT, ActiveAvatarPoll, is_avatar, state
@@ -67,8 +67,12 @@ def checked_idle(scene) -> None:
 
 
 def settings(context):
+    """The engine settings; for a local engine, refuses at once when there is none to start."""
     try:
-        return engine_settings(preferences(context))
+        engine = engine_settings(preferences(context))
+        if engine.mode == "local":
+            engine_launcher(engine)
+        return engine
     except EngineError as error:
         raise Refusal(str(error)) from None
 
@@ -298,9 +302,100 @@ class HEADSCULPT_OT_engine_stop(_HeadSculptOperator):
         return {"FINISHED"}
 
 
+def _redraw_while_busy() -> float | None:
+    """Timer (interactive Blender): redraw the preferences and the panel while a setup or download runs."""
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type in ("PREFERENCES", "VIEW_3D"):
+                area.tag_redraw()
+    return 0.5 if engine_setup.SETUP.running or model_download.DOWNLOAD.running else None
+
+
+def redraw_while_busy() -> None:
+    if not bpy.app.background and not bpy.app.timers.is_registered(_redraw_while_busy):
+        bpy.app.timers.register(_redraw_while_busy, first_interval=0.5)
+
+
+class HEADSCULPT_OT_setup_engine(_HeadSculptOperator):
+    bl_idname = "headsculpt.setup_engine"
+    bl_label = "Set up engine"
+    bl_description = ("Make the engine's own Python environment in the extension's user folder: PyTorch for "
+                      "this computer and the engine (downloads 1-4 GB; safe to press again to repair)")
+
+    def run(self, context):
+        if not bpy.app.online_access:
+            raise Refusal(engine_setup.ONLINE_ACCESS_OFF)
+        try:
+            plan = engine_setup.make_plan(setup_env_dir().parent)
+            engine_setup.SETUP.start(plan)
+        except engine_setup.SetupError as error:
+            raise Refusal(str(error)) from None
+        LOCAL.stop()  # an engine started from an older environment restarts from the new one
+        redraw_while_busy()
+        state(context.scene).last_error = ""
+        return {"FINISHED"}
+
+
+class HEADSCULPT_OT_setup_engine_cancel(_HeadSculptOperator):
+    bl_idname = "headsculpt.setup_engine_cancel"
+    bl_label = "Cancel setup"
+    bl_description = "Stop setting up the engine (press Set up engine later to finish it)"
+
+    @classmethod
+    def poll(cls, context):
+        return engine_setup.SETUP.running
+
+    def run(self, context):
+        engine_setup.SETUP.cancel()
+        return {"FINISHED"}
+
+
+DOWNLOAD_OFFLINE = ("Online access is off in Blender, and the models are downloaded from the Hugging Face Hub "
+                    "(about 4 GB). Allow it in Edit > Preferences > System > Network (Allow Online Access), "
+                    "then press Download models again.")
+
+
+class HEADSCULPT_OT_download_models(_HeadSculptOperator):
+    bl_idname = "headsculpt.download_models"
+    bl_label = "Download models"
+    bl_description = ("Download the default models (Stable Diffusion 1.5 and its face and edit ControlNets) into "
+                      "the Hugging Face cache on this computer, sizes first; resumes where it stopped")
+
+    def run(self, context):
+        if not bpy.app.online_access:
+            raise Refusal(DOWNLOAD_OFFLINE)
+        engine = settings(context)
+        if engine.mode != "local":
+            raise Refusal("A remote engine loads its models where it runs: run `headsculpt download-models` "
+                          "on that machine.")
+        if engine.models != "default":
+            raise Refusal("Download models fetches the default models; choose Models: Default first.")
+        if model_download.DOWNLOAD.running:
+            raise Refusal("The models are being downloaded already.")
+        token = getattr(context.window_manager, TOKEN_PROP, "").strip()
+        model_download.DOWNLOAD.start(model_download.download_command(engine_launcher(engine)), user_dir(), token)
+        redraw_while_busy()
+        return {"FINISHED"}
+
+
+class HEADSCULPT_OT_download_models_cancel(_HeadSculptOperator):
+    bl_idname = "headsculpt.download_models_cancel"
+    bl_label = "Cancel download"
+    bl_description = "Stop downloading (press Download models later to go on where it stopped)"
+
+    @classmethod
+    def poll(cls, context):
+        return model_download.DOWNLOAD.running
+
+    def run(self, context):
+        model_download.DOWNLOAD.cancel()
+        return {"FINISHED"}
+
+
 CLASSES = (HEADSCULPT_OT_generate, HEADSCULPT_OT_edit, HEADSCULPT_OT_cancel, HEADSCULPT_OT_preview_landmarks,
            HEADSCULPT_OT_add_base_head, HEADSCULPT_OT_bind_to_flame, HEADSCULPT_OT_engine_start,
-           HEADSCULPT_OT_engine_stop)
+           HEADSCULPT_OT_engine_stop, HEADSCULPT_OT_setup_engine, HEADSCULPT_OT_setup_engine_cancel,
+           HEADSCULPT_OT_download_models, HEADSCULPT_OT_download_models_cancel)
 
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

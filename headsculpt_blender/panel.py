@@ -5,8 +5,9 @@ import textwrap
 
 import bpy
 
-from . import jobs
+from . import engine_setup, jobs
 from .operators import known_prior_info
+from .preferences import draw_engine_setup, local_engine_found, preferences
 from .prior import object_badge
 from .properties import ACTIVE_STATES, PROP_INSTRUCTION, PROP_PROMPT, ActiveAvatarPoll, state
 
@@ -42,6 +43,9 @@ class HEADSCULPT_PT_main(_Panel):
     def draw(self, context):
         st = state(context.scene)
         layout = self.layout
+        prefs = preferences(context)
+        if prefs.engine_mode == "local" and (engine_setup.SETUP.running or not local_engine_found(prefs)):
+            draw_engine_setup(layout.box(), prefs)
 
         box = layout.box()
         box.label(text="Prior", icon="USER")

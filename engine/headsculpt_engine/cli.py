@@ -8,6 +8,7 @@ import sys
 
 from . import __version__
 from .errors import HeadSculptError
+from .quiet import quiet_console
 
 # Subcommand modules under headsculpt_engine.commands, in the order `--help` lists them.
 COMMANDS = [
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_console()
     try:
         return int(args.run(args) or 0)
     except HeadSculptError as error:

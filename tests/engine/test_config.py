@@ -46,3 +46,31 @@ def test_bad_overrides_say_what_is_wrong(override, message):
 def test_unknown_preset_is_refused():
     with pytest.raises(ValueError, match="Unknown preset 'fast'"):
         preset_config("fast")
+
+
+def _generate_args(*extra: str):
+    from headsculpt_engine.cli import build_parser
+
+    return build_parser().parse_args(["generate", "--prompt", "a knight", *extra])
+
+
+def test_models_the_user_names_win_over_what_the_preset_implies():
+    from headsculpt_engine.commands.options import config_from_args
+    from headsculpt_engine.config import DEFAULT_BASE_MODEL
+
+    assert config_from_args(_generate_args("--preset", "tiny")).models.base == "tiny"
+    assert config_from_args(_generate_args("--preset", "tiny", "--models", "default")).models.base == DEFAULT_BASE_MODEL
+    assert config_from_args(_generate_args("--preset", "paper", "--models", "tiny")).models.base == "tiny"
+    assert config_from_args(_generate_args("--preset", "draft")).models.base == DEFAULT_BASE_MODEL
+
+
+def test_a_servers_models_win_over_what_a_jobs_preset_implies(tmp_path):
+    from headsculpt_engine.config import DEFAULT_BASE_MODEL
+    from headsculpt_engine.server.runner import ServerOptions, job_config
+
+    request = {"kind": "generate", "prompt": "a knight", "seed": 1, "preset": "tiny"}
+    assert job_config(request, ServerOptions(data_dir=tmp_path)).models.base == "tiny"
+    assert job_config(request, ServerOptions(data_dir=tmp_path, models="default")).models.base == DEFAULT_BASE_MODEL
+    paper = dict(request, preset="paper")
+    assert job_config(paper, ServerOptions(data_dir=tmp_path)).models.base == DEFAULT_BASE_MODEL
+    assert job_config(paper, ServerOptions(data_dir=tmp_path, models="tiny")).models.base == "tiny"

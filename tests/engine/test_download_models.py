@@ -264,19 +264,19 @@ def test_generate_offline_with_models_missing_stops_with_the_sentence_and_writes
 
 def test_generate_loads_the_downloaded_default_models_offline(tmp_path, hub):
     """The one end-to-end run: download-models, then `generate --models default --offline` with no Hub
-    at all. The tiny preset implies the tiny models (issue 22 point 4, the lead's), so the base model
-    is named with --set; the ControlNet is the default id as it stands."""
+    at all (the explicit --models wins over the tiny models the tiny preset implies)."""
     fetched = headsculpt(tmp_path, hub, "download-models")
     assert fetched.returncode == 0, fetched.stderr
     hub.stop()
     run_dir = tmp_path / "run"
     offline = headsculpt(tmp_path, None, "generate", "--prompt", PROMPT, "--preset", "tiny", "--models", "default",
-                         "--stage", "coarse", "--device", "cpu", "--set", f"models.base={SD}", "--set",
-                         "coarse.iterations=1", "--offline", "--out", str(run_dir), timeout=300)
+                         "--stage", "coarse", "--device", "cpu", "--set", "coarse.iterations=1", "--offline",
+                         "--out", str(run_dir), timeout=300)
     assert offline.returncode == 0, offline.stderr[-3000:]
     assert "Models (sizes" not in offline.stdout
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["config"]["models"]["base"] == SD and record["config"]["models"]["face_controlnet"] == FACE
+    models = record["config"]["models"]
+    assert (models["base"], models["face_controlnet"], models["allow_download"]) == (SD, FACE, False)
     assert (run_dir / "coarse" / "checkpoint.pt").is_file()
 
 

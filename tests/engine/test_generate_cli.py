@@ -3,6 +3,7 @@ same command without --stage, which resumes the finished coarse stage and runs f
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a DSLR portrait of Saul Goodman"
+# What the command itself prints: its sentences and the stages' progress bars (tqdm, redrawn with \r).
+PROJECT_LINES = re.compile(r"^(Loading the head prior \(.*\)\.\.\.|Generating \".*\" \(preset \w+, seed \d+\) into .*"
+                           r"|Done: .*|\s*(coarse|fine|export): +\d+%\|.*)$")
+
+
+def foreign_lines(completed: subprocess.CompletedProcess) -> list[str]:
+    """Lines of stdout and stderr that are not the project's own (library logs, bars, warnings)."""
+    lines = re.split(r"[\r\n]+", completed.stdout + "\n" + completed.stderr)
+    return [line for line in lines if line.strip() and not PROJECT_LINES.match(line)]
 
 
 def build_generate(*args: str) -> subprocess.CompletedProcess:
@@ -24,6 +34,7 @@ def test_readme_main_command_runs_every_stage_and_writes_every_output(tmp_path):
     run = tmp_path / "run"
     coarse_only = build_generate("--stage", "coarse", "--out", str(run))
     assert coarse_only.returncode == 0, coarse_only.stderr[-3000:]
+    assert "coarse:" in coarse_only.stderr and foreign_lines(coarse_only) == []  # a quiet console
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "partial" and record["seed"] == 0 and record["prompt"] == PROMPT
     assert record["config"]["preset"] == "tiny" and record["config"]["coarse"]["iterations"] == 6
@@ -36,7 +47,7 @@ def test_readme_main_command_runs_every_stage_and_writes_every_output(tmp_path):
 
     full = build_generate("--out", str(run))
     assert full.returncode == 0, full.stderr[-3000:]
-    assert "avatar.glb" in full.stdout
+    assert "avatar.glb" in full.stdout and foreign_lines(full) == []
     # The finished coarse stage was resumed, not trained again.
     assert (run / "coarse" / "checkpoint.pt").read_bytes() == coarse_checkpoint
     record = json.loads((run / "run.json").read_text())

@@ -164,6 +164,17 @@ def test_landmarks_command_writes_maps_sheet_and_json(tmp_path, base_prior):
     np.testing.assert_allclose(np.array(data["points"]), expected, atol=1e-6)
 
 
+def test_detection_keeps_mediapipes_native_log_lines_off_the_console(tmp_path, flame_template):
+    """MediaPipe's C++ core writes TensorFlow Lite and absl lines straight to stderr; a run shows none."""
+    result = subprocess.run([sys.executable, "-m", "headsculpt_engine", "landmarks", "--prior", str(flame_template),
+                             "--out", str(tmp_path / "marks"), "--size", "128"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "running MediaPipe FaceMesh" in result.stdout and "landmarks found" in result.stdout
+    assert result.stderr == ""
+    assert "TensorFlow" not in result.stdout and "W0000" not in result.stdout
+
+
 def test_landmarks_command_reports_a_missing_face(tmp_path, capsys):
     from headsculpt_engine.cli import main
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..config import PRESETS
+from ..devices import DEVICE_HELP
 
 
 def register(subparsers) -> None:
@@ -21,7 +22,7 @@ def register(subparsers) -> None:
                         help="'sd15-random' (the real SD 1.5 architectures with random weights: the real cost, "
                              "nothing to download; default), 'tiny', 'default' (the papers' models from your "
                              "local cache) or a models folder")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per stage (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
     parser.add_argument("--preset", default="paper", choices=PRESETS, help="settings to time (default paper)")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..devices import DEVICE_HELP
 from ..errors import InputError
 
 
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
                         help="'default' (SD 1.5 from your local Hugging Face cache), 'tiny' (tiny random "
                              "models, for smoke runs), or a Stable Diffusion pipeline folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--allow-download", action="store_true",
                         help="let diffusers download missing models from the Hugging Face Hub")
     parser.set_defaults(run=run)

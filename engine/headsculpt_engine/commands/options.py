@@ -12,18 +12,20 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config import PRESETS, RunConfig, apply_overrides, preset_config
+from ..devices import DEVICE_HELP
 from ..errors import InputError
 
 
 def add_run_options(parser: argparse.ArgumentParser, default_preset: str = "paper") -> None:
-    parser.add_argument("--models", default="default",
+    parser.add_argument("--models", default=None,
                         help="'default' (the papers' Hugging Face models, downloaded when missing), 'tiny' "
                              "(tiny random models for offline smoke runs), or a folder laid out like "
-                             "`headsculpt make-tiny-models` writes")
+                             "`headsculpt make-tiny-models` writes; when not given, what the preset implies "
+                             "(tiny for --preset tiny, else default)")
     parser.add_argument("--preset", default=default_preset, choices=PRESETS,
                         help="quality preset: paper (the papers' settings), standard, draft, tiny (CPU smoke run)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--back-view-token", metavar="FILE", default="",
                         help="a <back-view> textual-inversion file from `headsculpt learn-token`")
     parser.add_argument("--offline", action="store_true",
@@ -41,7 +43,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     try:
         cfg = preset_config(args.preset)
         cfg.seed, cfg.device = args.seed, args.device
-        if args.models != "default" or args.preset != "tiny":  # the tiny preset implies the tiny models
+        if args.models is not None:  # a choice the user made wins over what the preset implies
             cfg.models = models_config_from_cli(args.models, cfg.models)
         if args.back_view_token:
             token_file = Path(args.back_view_token).expanduser()

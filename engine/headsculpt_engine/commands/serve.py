@@ -31,9 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="data folder for jobs, priors, token and server.json "
                              "(default: <engine cache>/server)")
-    parser.add_argument("--models", default="default",
+    parser.add_argument("--models", default=None,
                         help="'tiny' (random test models), 'default' (the papers' models from the local "
-                             "cache) or a local folder / model id for the base model")
+                             "cache) or a local folder / model id for the base model, for every job; when "
+                             "not given, what each job's preset implies (tiny for tiny, else default)")
     parser.add_argument("--preset-limit", choices=PRESETS, default="paper",
                         help="the heaviest preset this server accepts (paper > standard > draft > tiny)")
     parser.add_argument("--back-view-token", default="", metavar="FILE",

@@ -125,6 +125,9 @@ def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from ..quiet import quiet_model_libraries
+
+    quiet_model_libraries()
     cfg = resolve_models_config(cfg)
     device = torch.device(device)
     dtype = resolve_dtype(cfg.dtype, device)

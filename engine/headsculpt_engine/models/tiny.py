@@ -39,6 +39,9 @@ def make_tiny_models(out_dir: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from ..quiet import quiet_model_libraries
+
+    quiet_model_libraries()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = _write_tokenizer(out_dir / "tokenizer")

@@ -11,10 +11,13 @@ from ..errors import InputError
 from .head import HeadPrior, load_prior
 from .landmarks import NUM_LANDMARKS, LandmarkEmbedding
 
-# The repository's flame_assets/ folder (engine/headsculpt_engine/prior/ -> repository root).
-ASSETS_DIR = Path(__file__).resolve().parents[3] / "flame_assets"
 BASE_HEAD = "base_head.obj"
 BASE_HEAD_LANDMARKS = "base_head_landmarks.npz"
+# An installed engine wheel carries the two files in its package (`build.py build` puts them there); a
+# source checkout reads them from the repository's flame_assets/ (engine/headsculpt_engine/prior/ -> root).
+PACKAGED_ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+CHECKOUT_ASSETS_DIR = Path(__file__).resolve().parents[3] / "flame_assets"
+ASSETS_DIR = PACKAGED_ASSETS_DIR if (PACKAGED_ASSETS_DIR / BASE_HEAD).is_file() else CHECKOUT_ASSETS_DIR
 
 
 def builtin_mesh_path() -> Path:

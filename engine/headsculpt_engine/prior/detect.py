@@ -37,9 +37,12 @@ def run_facemesh(images: np.ndarray) -> list[np.ndarray | None]:
     """Per RGB image (H, W, 3) uint8: (478, 2) landmark pixels (x right, y down) or None."""
     import mediapipe as mp
 
+    from ..quiet import native_stderr_silenced
+
     out: list[np.ndarray | None] = []
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1,
-                                         min_detection_confidence=0.5) as face_mesh:
+    with native_stderr_silenced(), mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, refine_landmarks=True, max_num_faces=1,
+            min_detection_confidence=0.5) as face_mesh:
         for image in images:
             result = face_mesh.process(np.ascontiguousarray(image))
             if not result.multi_face_landmarks:

@@ -17,7 +17,8 @@ class ServerOptions:
     """What `headsculpt serve` was started with, beyond host and port."""
 
     data_dir: Path
-    models: str = "default"  # "tiny", "default", or a folder / model id for the base model
+    # "tiny", "default", or a folder / model id for the base model; None: what each job's preset implies
+    models: str | None = None
     preset_limit: str = "paper"  # the heaviest preset this server accepts
     back_view_token_file: str = ""
     cpu_offload: bool = False
@@ -27,6 +28,8 @@ class ServerOptions:
         return PRESETS[PRESETS.index(self.preset_limit):]
 
     def models_label(self) -> str:
+        if self.models is None:
+            return f"{DEFAULT_BASE_MODEL} (tiny models for tiny-preset jobs)"
         return DEFAULT_BASE_MODEL if self.models == "default" else self.models
 
 
@@ -34,8 +37,8 @@ def job_config(request: dict[str, Any], options: ServerOptions) -> RunConfig:
     from ..models.loading import models_config_from_cli
 
     cfg = preset_config(request["preset"])
-    # As in the CLI: the tiny preset keeps its tiny models unless other models are named.
-    if options.models != "default" or cfg.preset != "tiny":
+    # As in the CLI: models the server was started with win over what the job's preset implies.
+    if options.models is not None:
         cfg.models = models_config_from_cli(options.models, cfg.models)
     cfg.models.cpu_offload = options.cpu_offload
     cfg.models.back_view_token_file = options.back_view_token_file
