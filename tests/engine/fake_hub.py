@@ -12,7 +12,7 @@ file_download.py):
 
 Faults for tests: `gated` repos answer 401 (X-Error-Code GatedRepo) on resolve without the right
 bearer token; `drop_once` paths lose the connection halfway through the first GET; `drop_always`
-paths then lose it before any byte on every later GET.
+paths then lose it before any byte on every later GET; `stall` paths send half, then hang.
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class FakeHub:
     gated: dict[str, str] = field(default_factory=dict)  # repo id -> the token it requires
     drop_once: set[str] = field(default_factory=set)  # "repo/path": drop halfway through the first GET
     drop_always: set[str] = field(default_factory=set)  # "repo/path": every GET after the first drops at once
+    stall: set[str] = field(default_factory=set)  # "repo/path": send half, then wait until `release` is set
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -64,6 +65,7 @@ class FakeHub:
             for repo, root in self.repos.items()}
         self.blobs = {f.sha256: (repo, path) for repo, files in self.files.items() for path, f in files.items()}
         self._dropped: set[str] = set()
+        self.release = threading.Event()
         self._lock = threading.Lock()
         self._servers = [ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, name)) for name in ("hub", "cdn")]
         for server in self._servers:
@@ -87,6 +89,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self.release.set()
         for server in self._servers:
             server.shutdown()
             server.server_close()
@@ -191,9 +194,11 @@ def _handler(hub: FakeHub, server_name: str) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if not body:
                 return
-            if drop == "half":
+            if drop == "half" or key in hub.stall:
                 self.wfile.write(data[start:start + (len(data) - start) // 2])
                 self.wfile.flush()
+                if key in hub.stall:
+                    hub.release.wait(timeout=60)
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return

@@ -385,3 +385,24 @@ def test_download_models_refuses_with_hub_offline_and_writes_nothing(tmp_path, h
                              "and try again.\n")
     assert _events(result.stdout)[-1]["event"] == "error"
     assert hub.requests == [] and not (tmp_path / "cache").exists()
+
+
+def test_a_cancelled_download_leaves_no_partial_file(tmp_path, hub):
+    """The add-on cancels by terminating the process (SIGTERM): the partial file goes, not the cache."""
+    import signal
+    import time
+
+    hub.stall.add(f"{SD}/{UNET_FP16}")
+    process = subprocess.Popen([sys.executable, "-m", "headsculpt_engine", "download-models", "--models", SD,
+                                "--progress", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=_env(tmp_path, hub), cwd=tmp_path)
+    blob = f"/blobs/{hub.files[SD][UNET_FP16].sha256}"
+    deadline = time.monotonic() + 60
+    while not any(r.path == blob for r in hub.gets()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list((tmp_path / "cache").rglob("*.incomplete"))  # the partial file is there while it runs
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err == "headsculpt: interrupted\n"
+    assert not list((tmp_path / "cache").rglob("*.incomplete"))
+    _assert_cache_is_sound(tmp_path / "cache", hub)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 from ..errors import HeadSculptError, InputError
@@ -42,10 +43,17 @@ def read_token(token_file: str | None) -> str | None:
     return token
 
 
+def _interrupt_on_terminate(signum, frame) -> None:
+    """A program that cancels the download (the add-on) terminates the process: unwinding as for
+    Ctrl-C lets huggingface_hub delete its partial file instead of leaving it in the cache."""
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from ..models import download
     from ..models.download_progress import JsonProgress, TerminalProgress, plan_lines
 
+    signal.signal(signal.SIGTERM, _interrupt_on_terminate)
     progress = JsonProgress() if args.progress == "json" else TerminalProgress()
     try:
         if download.hub_offline():
