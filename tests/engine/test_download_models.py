@@ -255,7 +255,7 @@ def test_generate_offline_with_models_missing_stops_with_the_sentence_and_writes
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert re.fullmatch(
-        f"headsculpt: error: The model {SD} \\(subfolder [a-z_]+\\) is not in the local Hugging Face cache, and "
+        f"headsculpt: error: The model {SD} \\(subfolder tokenizer\\) is not in the local Hugging Face cache, and "
         "this run may not download it \\(--offline, HF_HUB_OFFLINE=1, or a job on the engine server\\): get it "
         f"with `headsculpt download-models --models {SD}`, or pass a local folder.", line), line
     assert not run_dir.exists()

@@ -27,6 +27,7 @@ from ..errors import DownloadError
 FP16 = "fp16"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"  # weights stem of diffusers models (UNet, VAE, ControlNet)
 TRANSFORMERS_WEIGHTS = "model"  # weights stem of transformers models (the CLIP text encoder)
+CLIP_TOKENIZER_FILES = ("vocab.json", "merges.txt")  # the byte-pair vocabulary a CLIP tokenizer needs
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Part:
 
 # What models/loading.py loads from a Stable Diffusion pipeline repository.
 PIPELINE_PARTS = (
-    Part("tokenizer", required=("vocab.json", "merges.txt", "tokenizer_config.json"), whole_folder=True),
+    Part("tokenizer", required=(*CLIP_TOKENIZER_FILES, "tokenizer_config.json"), whole_folder=True),
     Part("scheduler", required=("scheduler_config.json",), whole_folder=True),
     Part("text_encoder", weights=TRANSFORMERS_WEIGHTS),
     Part("unet", weights=DIFFUSERS_WEIGHTS),
@@ -120,18 +121,17 @@ def cached_path(repo_id: str, path: str, cache_dir: str | Path | None = None) ->
     return found if isinstance(found, str) else None
 
 
+def is_present(name: str, path: str, cache_dir: str | Path | None = None) -> bool:
+    """Whether `path` is in the local folder `name`, or in the cache for the Hub id `name`."""
+    return bool(cached_path(name, path, cache_dir)) if is_hub_id(name) else (Path(name).expanduser() / path).is_file()
+
+
 def local_variant(name: str, folder: str, stem: str, prefer_half: bool,
                   cache_dir: str | Path | None = None) -> str | None:
     """The weights variant to load from a local folder or the cache: both are accepted, the one that
     matches the compute precision first; None also when neither is there (from_pretrained says so)."""
-    for variant in ((FP16, None) if prefer_half else (None, FP16)):
-        path = _join(folder, weights_file(stem, variant))
-        if is_hub_id(name):
-            if cached_path(name, path, cache_dir):
-                return variant
-        elif (Path(name).expanduser() / path).is_file():
-            return variant
-    return None
+    return next((variant for variant in ((FP16, None) if prefer_half else (None, FP16))
+                 if is_present(name, _join(folder, weights_file(stem, variant)), cache_dir)), None)
 
 
 def _part_is_cached(repo_id: str, part: Part, cache_dir: str | Path | None) -> bool:

@@ -210,7 +210,8 @@ def from_pretrained_offline(cls, name: str, subfolder: str, allow_download: bool
 
     where = f"{name}" + (f" (subfolder {subfolder})" if subfolder else "")
     path = Path(name).expanduser()
-    if not is_hub_id(name):
+    local = not is_hub_id(name)
+    if local:
         if not (path / subfolder).is_dir():
             raise ModelNotFoundError(f"The model folder {path / subfolder} does not exist: pass the folder "
                                      f"that holds the model, or a Hugging Face id.")
@@ -223,12 +224,14 @@ def from_pretrained_offline(cls, name: str, subfolder: str, allow_download: bool
         half = kwargs.get("torch_dtype", kwargs.get("dtype")) == torch.float16
         extra.update(use_safetensors=True, variant=local_variant(source, subfolder, stem, prefer_half=half))
     try:
+        if not allow_download:
+            _check_tokenizer_files(cls, source, subfolder)
         with warnings.catch_warnings():
             # diffusers still passes a huggingface_hub argument that is deprecated: noise for the user.
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
             return cls.from_pretrained(source, local_files_only=not allow_download, **extra, **kwargs)
     except (OSError, ValueError) as error:
-        if source != name:
+        if local:
             raise ModelNotFoundError(f"Could not load the model {where} from its folder ({error}).") from error
         if allow_download:
             raise ModelNotFoundError(f"Could not download the model {where} ({error}); check the id and "
@@ -237,6 +240,19 @@ def from_pretrained_offline(cls, name: str, subfolder: str, allow_download: bool
             f"The model {where} is not in the local Hugging Face cache, and this run may not download it "
             f"(--offline, HF_HUB_OFFLINE=1, or a job on the engine server): get it with "
             f"`headsculpt download-models --models {name}`, or pass a local folder.") from error
+
+
+def _check_tokenizer_files(cls, source: str, subfolder: str) -> None:
+    """transformers 5 builds an empty tokenizer, without a word, when a CLIP tokenizer's files are
+    missing: prompts would all encode to the same tokens. Missing files are an error here."""
+    from transformers import PreTrainedTokenizerBase
+
+    from .download import CLIP_TOKENIZER_FILES, is_present
+
+    if issubclass(cls, PreTrainedTokenizerBase):
+        missing = [name for name in CLIP_TOKENIZER_FILES if not is_present(source, f"{subfolder}/{name}".lstrip("/"))]
+        if missing:
+            raise FileNotFoundError(f"no {' or '.join(missing)}")
 
 
 def _weights_stem(cls) -> str:
