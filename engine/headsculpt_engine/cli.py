@@ -15,6 +15,7 @@ COMMANDS = [
     "generate",
     "edit",
     "learn_token",
+    "download_models",
     "make_tiny_models",
     "serve",
     "landmarks",

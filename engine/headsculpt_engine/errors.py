@@ -16,3 +16,7 @@ class ModelNotFoundError(HeadSculptError):
 
 class Cancelled(HeadSculptError):
     """The run was cancelled on request; its last checkpoint is kept."""
+
+
+class DownloadError(HeadSculptError):
+    """A model could not be fetched from the Hugging Face Hub (access, id, connection)."""

@@ -36,3 +36,10 @@ def test_python_m_help_runs_and_lists_make_tiny_models():
     assert "make-tiny-models" in done.stdout
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "diffusers" not in imported
+
+
+def test_download_models_does_not_import_torch():
+    """The add-on's Download models runs before any model is needed: huggingface_hub only."""
+    body = ("import headsculpt_engine.commands.download_models, headsculpt_engine.models.download, "
+            "headsculpt_engine.models.download_progress")
+    assert _heavy_modules(body) == "none"

@@ -1,4 +1,5 @@
 """Tiny models: deterministic and small; loaded by the same code as the real ids; clear errors."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,17 @@ def test_missing_model_id_names_it_and_how_to_get_it():
         load_diffusion_models(cfg, "cpu")
     message = str(info.value)
     assert "headsculpt-test/no-such-model-7f3a9c" in message
-    assert "huggingface-cli download headsculpt-test/no-such-model-7f3a9c" in message
+    assert "headsculpt download-models --models headsculpt-test/no-such-model-7f3a9c" in message
+    # The first part loaded: transformers alone would make an empty tokenizer without complaint.
+    assert "(subfolder tokenizer)" in message
+
+
+def test_a_tokenizer_without_its_files_is_reported(tmp_path):
+    folder = tmp_path / "models"
+    shutil.copytree(loading.tiny_models_dir(), folder)
+    (folder / "tokenizer" / "merges.txt").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"\(subfolder tokenizer\) from its folder \(no merges.txt\)"):
+        load_diffusion_models(models_config_from_cli(str(folder)), "cpu")
 
 
 def test_missing_model_folder_is_reported(tmp_path):

@@ -18,7 +18,7 @@ from ..errors import InputError
 
 def add_run_options(parser: argparse.ArgumentParser, default_preset: str = "paper") -> None:
     parser.add_argument("--models", default=None,
-                        help="'default' (the papers' Hugging Face models, from your local cache), 'tiny' "
+                        help="'default' (the papers' Hugging Face models, downloaded when missing), 'tiny' "
                              "(tiny random models for offline smoke runs), or a folder laid out like "
                              "`headsculpt make-tiny-models` writes; when not given, what the preset implies "
                              "(tiny for --preset tiny, else default)")
@@ -28,14 +28,16 @@ def add_run_options(parser: argparse.ArgumentParser, default_preset: str = "pape
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--back-view-token", metavar="FILE", default="",
                         help="a <back-view> textual-inversion file from `headsculpt learn-token`")
-    parser.add_argument("--allow-download", action="store_true",
-                        help="let diffusers download missing models from the Hugging Face Hub")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download: stop when a model is not in the Hugging Face cache (as "
+                             "HF_HUB_OFFLINE=1 does); without it, missing models are downloaded first, sizes shown")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override any setting, e.g. --set coarse.iterations=70000 (repeatable)")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run configuration the shared options describe."""
+    from ..models.download import hub_offline
     from ..models.loading import models_config_from_cli
 
     try:
@@ -48,7 +50,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             if not token_file.is_file():
                 raise InputError(f"The back-view token file {token_file} does not exist.")
             cfg.models.back_view_token_file = str(token_file.resolve())
-        cfg.models.allow_download = bool(args.allow_download)
+        cfg.models.allow_download = not (args.offline or hub_offline())
         return apply_overrides(cfg, args.overrides)
     except ValueError as error:
         raise InputError(str(error)) from error

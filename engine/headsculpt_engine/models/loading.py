@@ -131,9 +131,15 @@ def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_
     cfg = resolve_models_config(cfg)
     device = torch.device(device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.allow_download:
+        # Fetch what the cache lacks first (sizes shown), then load from the cache alone.
+        from .download import fetch_missing, model_specs
+        from .download_progress import TerminalProgress
+
+        fetch_missing(model_specs(cfg, with_ip2p), TerminalProgress())
 
     def load(cls, name: str, subfolder: str = "", **kwargs):
-        return from_pretrained_offline(cls, name, subfolder, cfg.allow_download, **kwargs)
+        return from_pretrained_offline(cls, name, subfolder, False, **kwargs)
 
     tokenizer = load(CLIPTokenizer, cfg.base, "tokenizer")
     scheduler = load(DDPMScheduler, cfg.base, "scheduler")
@@ -193,10 +199,19 @@ def _enable_cpu_offload(modules: list, device: "torch.device") -> None:
 
 
 def from_pretrained_offline(cls, name: str, subfolder: str, allow_download: bool, **kwargs):
-    """`cls.from_pretrained` from a folder or a hub id, turning "not there" into ModelNotFoundError."""
+    """`cls.from_pretrained` from a folder or a hub id, turning "not there" into ModelNotFoundError.
+
+    Weights load from safetensors only, in the variant the folder or cache holds: the fp16 files that
+    `headsculpt download-models` fetches, or full-precision ones (preferred when computing in fp32).
+    """
+    import torch
+
+    from .download import is_hub_id, local_variant
+
     where = f"{name}" + (f" (subfolder {subfolder})" if subfolder else "")
     path = Path(name).expanduser()
-    if path.is_absolute() or name.startswith(".") or path.exists():
+    local = not is_hub_id(name)
+    if local:
         if not (path / subfolder).is_dir():
             raise ModelNotFoundError(f"The model folder {path / subfolder} does not exist: pass the folder "
                                      f"that holds the model, or a Hugging Face id.")
@@ -204,18 +219,51 @@ def from_pretrained_offline(cls, name: str, subfolder: str, allow_download: bool
     else:
         source = name
     extra = {"subfolder": subfolder} if subfolder else {}
+    stem = _weights_stem(cls)
+    if stem:
+        half = kwargs.get("torch_dtype", kwargs.get("dtype")) == torch.float16
+        extra.update(use_safetensors=True, variant=local_variant(source, subfolder, stem, prefer_half=half))
     try:
+        if not allow_download:
+            _check_tokenizer_files(cls, source, subfolder)
         with warnings.catch_warnings():
             # diffusers still passes a huggingface_hub argument that is deprecated: noise for the user.
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
             return cls.from_pretrained(source, local_files_only=not allow_download, **extra, **kwargs)
     except (OSError, ValueError) as error:
-        if source != name:
+        if local:
             raise ModelNotFoundError(f"Could not load the model {where} from its folder ({error}).") from error
         if allow_download:
             raise ModelNotFoundError(f"Could not download the model {where} ({error}); check the id and "
                                      f"your connection, or download it yourself.") from error
         raise ModelNotFoundError(
-            f"The model {where} is not in the local Hugging Face cache and downloads are off: run "
-            f"`huggingface-cli download {name}` and try again, allow downloads (--allow-download), "
-            f"or pass a local folder.") from error
+            f"The model {where} is not in the local Hugging Face cache, and this run may not download it "
+            f"(--offline, HF_HUB_OFFLINE=1, or a job on the engine server): get it with "
+            f"`headsculpt download-models --models {name}`, or pass a local folder.") from error
+
+
+def _check_tokenizer_files(cls, source: str, subfolder: str) -> None:
+    """transformers 5 builds an empty tokenizer, without a word, when a CLIP tokenizer's files are
+    missing: prompts would all encode to the same tokens. Missing files are an error here."""
+    from transformers import PreTrainedTokenizerBase
+
+    from .download import CLIP_TOKENIZER_FILES, is_present
+
+    if issubclass(cls, PreTrainedTokenizerBase):
+        missing = [name for name in CLIP_TOKENIZER_FILES if not is_present(source, f"{subfolder}/{name}".lstrip("/"))]
+        if missing:
+            raise FileNotFoundError(f"no {' or '.join(missing)}")
+
+
+def _weights_stem(cls) -> str:
+    """The weights file stem of a model class ("" for tokenizers and schedulers, which have none)."""
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    from .download import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS
+
+    if issubclass(cls, ModelMixin):
+        return DIFFUSERS_WEIGHTS
+    if issubclass(cls, PreTrainedModel):
+        return TRANSFORMERS_WEIGHTS
+    return ""
