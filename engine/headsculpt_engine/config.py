@@ -22,6 +22,8 @@ DEFAULT_FACE_CONTROLNET = "CrucibleAI/ControlNetMediaPipeFace"
 DEFAULT_FACE_CONTROLNET_SUBFOLDER = "diffusion_sd15"
 DEFAULT_IP2P_CONTROLNET = "lllyasviel/control_v11e_sd15_ip2p"
 HEADARTIST_BASE_MODEL = "stabilityai/stable-diffusion-2-1-base"
+# `headsculpt eval`'s CLIP: ViT-L/14, as HeadSculpt's Table 1 and HeadArtist's scores use.
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 
 
 @dataclass

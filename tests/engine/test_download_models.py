@@ -406,3 +406,29 @@ def test_a_cancelled_download_leaves_no_partial_file(tmp_path, hub):
     assert process.returncode == 130 and err == "headsculpt: interrupted\n"
     assert not list((tmp_path / "cache").rglob("*.incomplete"))
     _assert_cache_is_sound(tmp_path / "cache", hub)
+
+
+def test_download_models_knows_evals_clip_and_eval_then_loads_it_offline(tmp_path):
+    """`download-models --models openai/clip-vit-large-patch14` fetches what `eval` loads (not the other
+    frameworks' weights beside it), and `eval`'s loader then finds it in the cache with no Hub at all."""
+    from headsculpt_engine.config import DEFAULT_CLIP_MODEL
+    from headsculpt_engine.models.tiny_clip import make_tiny_clip
+
+    repo = make_tiny_clip(tmp_path / "clip-repo")
+    for decoy in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"):
+        (repo / decoy).write_bytes(os.urandom(3000))
+    hub = FakeHub({DEFAULT_CLIP_MODEL: repo}).start()
+    try:
+        fetched = headsculpt(tmp_path, hub, "download-models", "--models", DEFAULT_CLIP_MODEL)
+    finally:
+        hub.stop()
+    assert fetched.returncode == 0, fetched.stderr
+    assert _cached_files(tmp_path / "cache", DEFAULT_CLIP_MODEL) == {
+        "config.json", "preprocessor_config.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+        "model.safetensors"}
+    script = ("from headsculpt_engine.evaluation.clip import load_clip; "
+              "print(load_clip().embed_texts(['a head of a man']).shape)")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=_env(tmp_path, None, HF_HUB_OFFLINE="1"))
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.strip() == "(1, 16)"

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-# HeadSculpt's Table 1 and HeadArtist's scores use CLIP ViT-L/14.
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+from ..config import DEFAULT_CLIP_MODEL as DEFAULT_CLIP
+
 TINY = "tiny"
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from ..config import (DEFAULT_BASE_MODEL, DEFAULT_FACE_CONTROLNET, DEFAULT_FACE_CONTROLNET_SUBFOLDER,
-                      DEFAULT_IP2P_CONTROLNET, HEADARTIST_BASE_MODEL, ModelsConfig)
+from ..config import (DEFAULT_BASE_MODEL, DEFAULT_CLIP_MODEL, DEFAULT_FACE_CONTROLNET,
+                      DEFAULT_FACE_CONTROLNET_SUBFOLDER, DEFAULT_IP2P_CONTROLNET, HEADARTIST_BASE_MODEL, ModelsConfig)
 from ..errors import DownloadError
 
 FP16 = "fp16"
@@ -50,6 +50,12 @@ PIPELINE_PARTS = (
 )
 
 
+# What `headsculpt eval` loads from a CLIP repository (evaluation/clip.py): the model, its tokenizer and
+# its image processor, all at the root beside the other frameworks' weights, which are not fetched.
+CLIP_PARTS = (Part("", weights=TRANSFORMERS_WEIGHTS, required=(
+    "config.json", "preprocessor_config.json", "tokenizer_config.json", *CLIP_TOKENIZER_FILES)),)
+
+
 def controlnet_parts(subfolder: str = "") -> tuple[Part, ...]:
     return (Part(subfolder, weights=DIFFUSERS_WEIGHTS),)
 
@@ -73,6 +79,7 @@ KNOWN_MODELS = {
     HEADARTIST_BASE_MODEL: PIPELINE_PARTS,
     DEFAULT_FACE_CONTROLNET: controlnet_parts(DEFAULT_FACE_CONTROLNET_SUBFOLDER),
     DEFAULT_IP2P_CONTROLNET: controlnet_parts(),
+    DEFAULT_CLIP_MODEL: CLIP_PARTS,
 }
 
 
