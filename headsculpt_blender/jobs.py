@@ -22,6 +22,11 @@ from .properties import (ACTIVE_STATES, PROP_INSTRUCTION, PROP_JOB, PROP_KIND, P
                          PROP_PROMPT, PROP_SEED, state)
 
 UNREACHABLE_BACKOFF_S = 5.0
+# The engine's sentence for a model missing from the cache (models/loading.py); the engine server never
+# downloads, so the panel points at the add-on's own Download models.
+MISSING_MODEL = "is not in the local Hugging Face cache"
+DOWNLOAD_HINT = (" In Blender, a local engine gets the models with Download models in the HeadSculpt add-on "
+                 "preferences.")
 
 
 @dataclass
@@ -196,6 +201,8 @@ def set_job(scene, job: dict) -> None:
     if job.get("state") == "failed":
         reason = job.get("message") or "the engine gave no reason"
         st.last_error = reason if reason.lower().startswith("the job failed") else f"The job failed: {reason}"
+        if MISSING_MODEL in reason:
+            st.last_error += DOWNLOAD_HINT
     elif job.get("state") == "cancelled":
         st.status = "Cancelled; the last checkpoint is kept on the engine"
 

@@ -107,7 +107,8 @@ class ModelDownload:
             with open(log_dir / LOG_FILE, "a", encoding="utf-8") as log:
                 code, lines = self._runner.run(command, on_line, log, env=env)
         except Cancelled:
-            self._finish("cancelled", "Download cancelled; press Download models to go on where it stopped.")
+            self._finish("cancelled", "Download cancelled; press Download models to go on (the file it was on "
+                                      "starts over).")
             return
         except OSError as error:
             self._finish("failed", f"The engine could not be started to download the models: {error}.")

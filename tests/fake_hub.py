@@ -226,3 +226,41 @@ def _handler(hub: FakeHub, server_name: str) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
 
     return Handler
+
+
+def _half_copy(weights: Path, target: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.half() for k, v in load_file(weights).items()}, target)
+
+
+def tiny_default_repos(root: Path) -> dict[str, Path]:
+    """The project's tiny models laid out as the three default repositories (with fp16 copies where the
+    real ones have them, and decoy files the engine must never fetch), by repository id."""
+    import os
+    import shutil
+
+    from headsculpt_engine.config import DEFAULT_BASE_MODEL, DEFAULT_FACE_CONTROLNET, DEFAULT_IP2P_CONTROLNET
+    from headsculpt_engine.models.loading import tiny_models_dir
+
+    tiny = tiny_models_dir()
+    sd, face, ip2p = root / "sd", root / "face", root / "ip2p"
+    shutil.copytree(tiny, sd, ignore=shutil.ignore_patterns("face-controlnet", "ip2p-controlnet", "clip"))
+    shutil.copytree(tiny / "face-controlnet", face)
+    shutil.copytree(tiny / "ip2p-controlnet", ip2p)
+    for folder in ("unet", "vae"):
+        _half_copy(sd / folder / "diffusion_pytorch_model.safetensors",
+                   sd / folder / "diffusion_pytorch_model.fp16.safetensors")
+    _half_copy(sd / "text_encoder" / "model.safetensors", sd / "text_encoder" / "model.fp16.safetensors")
+    _half_copy(ip2p / "diffusion_pytorch_model.safetensors", ip2p / "diffusion_pytorch_model.fp16.safetensors")
+    decoys = {sd: ["v1-5-pruned-emaonly.ckpt", "unet/diffusion_pytorch_model.bin", "text_encoder/pytorch_model.bin",
+                   "unet/diffusion_pytorch_model.non_ema.safetensors", "safety_checker/model.safetensors",
+                   "safety_checker/config.json", "feature_extractor/preprocessor_config.json", "README.md"],
+              face: ["control_v2p_sd15_mediapipe_face.safetensors", "control_v2p_sd15_mediapipe_face.ckpt",
+                     "config.json", "diffusion_pytorch_model.safetensors", "diffusion_sd15/diffusion_pytorch_model.bin"],
+              ip2p: ["diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin", "images/input.png"]}
+    for repo, names in decoys.items():
+        for name in names:
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            (repo / name).write_bytes(os.urandom(3000))
+    return {DEFAULT_BASE_MODEL: sd, DEFAULT_FACE_CONTROLNET: face, DEFAULT_IP2P_CONTROLNET: ip2p}
