@@ -138,3 +138,28 @@ def test_generate_through_a_remote_engine(bpy, scene, remote_engine):
     use_engine(remote_engine.url, remote_engine.token)
     avatar = generate_on(bpy, scene, head, "a marble bust")
     check_avatar(bpy, avatar, head, "a head of a marble bust")
+
+
+def test_the_panels_models_choice_wins_over_its_tiny_preset(bpy, engine_scene, tmp_path, monkeypatch):
+    """Models: Default in the preferences with the panel's tiny preset loads the default ids: on this
+    machine (no such models in its cache) the job fails with the missing-model sentence, which the panel
+    shows with the way to Download models."""
+    from headsculpt_blender import engine, preferences
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prefs = preferences.preferences()
+    prefs.models = "default"
+    try:
+        assert bpy.ops.headsculpt.add_base_head() == {"FINISHED"}
+        st = engine_scene.headsculpt
+        st.prompt_prefix, st.prompt, st.preset, st.seed = "a head of", "a knight", "tiny", 3
+        assert bpy.ops.headsculpt.generate() == {"FINISHED"}
+        poll_until(engine_scene, lambda: st.job_state == "failed", timeout=JOB_TIMEOUT_S, interval=0.5)
+        assert "--models" in engine.LOCAL._started_with and "default" in engine.LOCAL._started_with
+        assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in st.last_error
+        assert "not in the local Hugging Face cache" in st.last_error and "Download models" in st.last_error
+        assert st.result_object is None
+    finally:
+        prefs.models = "tiny"
+        engine.LOCAL.stop()  # the next test starts its engine with the tiny models again

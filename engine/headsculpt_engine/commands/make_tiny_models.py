@@ -19,9 +19,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..models.tiny import make_tiny_models
-    from ..models.tiny_clip import CLIP_DIR, make_tiny_clip
 
     out = make_tiny_models(args.dir, seed=args.seed)
-    make_tiny_clip(out / CLIP_DIR, seed=args.seed)
     print(f"tiny models written to {out}")
     return 0

@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .tiny_clip import CLIP_DIR, make_tiny_clip
+from .tiny_tokenizer import MAX_TOKENS, write_tokenizer
+
 # Folder names inside a tiny-models folder (also used to recognise one).
 FACE_CONTROLNET_DIR = "face-controlnet"
 FACE_CONTROLNET_SUBFOLDER = "diffusion_sd15"
@@ -22,11 +25,6 @@ IP2P_CONTROLNET_DIR = "ip2p-controlnet"
 DOWNSAMPLE = 2
 _WIDTHS = (16, 32)  # block channels of the UNet, ControlNet and VAE: two levels = one 2x downsampling
 _TEXT_DIM = 32
-MAX_TOKENS = 77  # as CLIP: prompts are padded to 77 tokens
-
-# Words whose byte-pair merges the tiny tokenizer knows, so common prompts tokenise to few tokens.
-_WORDS = ("a", "head", "of", "portrait", "dslr", "man", "woman", "old", "young", "front", "side", "back",
-          "view", "make", "him", "her", "the", "with", "hair", "worst", "low", "quality", "semi", "realistic")
 
 
 def is_tiny_models_dir(path: Path) -> bool:
@@ -90,6 +88,7 @@ def make_tiny_models(out_dir: Path, seed: int = 0) -> Path:
         "vae": ["diffusers", "AutoencoderKL"],
     }
     (out_dir / "model_index.json").write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+    make_tiny_clip(out_dir / CLIP_DIR, seed)  # for `headsculpt eval`
     return out_dir
 
 
@@ -162,45 +161,3 @@ def _calibrate_latent_scale(vae, seed: int) -> None:
     with torch.no_grad():
         latents = vae.encode(images * 2.0 - 1.0).latent_dist.mean
     vae.register_to_config(scaling_factor=round(1.0 / float(latents.std()), 3))
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map of bytes to printable characters."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
-
-
-def write_tokenizer(folder: Path) -> dict[str, int]:
-    """A CLIP byte-level BPE tokenizer with a small vocabulary: every byte alone and word-final, the
-    merges that spell `_WORDS` left to right, and CLIP's two special tokens."""
-    folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
-    vocab_list = symbols + [s + "</w>" for s in symbols]
-    merges: list[tuple[str, str]] = []
-    for word in _WORDS:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            pair = (parts[0], parts[1])
-            if pair not in merges:
-                merges.append(pair)
-                vocab_list.append(pair[0] + pair[1])
-            parts = [pair[0] + pair[1]] + parts[2:]
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list))}
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
-    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    # As in the Stable Diffusion repositories: vocab.json + merges.txt and a small config.
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS, "do_lower_case": True,
-              "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-              "unk_token": "<|endoftext|>"}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return vocab

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tiny import MAX_TOKENS, write_tokenizer
+from .tiny_tokenizer import MAX_TOKENS, write_tokenizer
 
 CLIP_DIR = "clip"  # inside a tiny-models folder
 IMAGE_SIZE = 32
