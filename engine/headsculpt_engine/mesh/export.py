@@ -23,13 +23,14 @@ _TURNTABLE_RADIUS = 2.1
 
 def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir: Path,
                   description: dict[str, Any]) -> list[Path]:
-    """Unwrap, bake and write the avatar into `out_dir`; returns the written files.
+    """Clean (mesh/hygiene.py), unwrap, bake and write the avatar into `out_dir`; returns the written files.
 
     Geometry is written in the prior's canonical frame (`prior.transform.to_canonical`), so that it
     sits exactly on the prior mesh the user started from.
     """
     from PIL import Image
 
+    from .hygiene import clean_mesh, is_watertight
     from .uv import bake_texture, unwrap
 
     unknown = set(cfg.formats) - set(FORMATS)
@@ -50,7 +51,11 @@ def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir
 
     vertices = fine_result.vertices.detach().cpu().numpy().astype(np.float32)
     faces = fine_result.faces.detach().cpu().numpy().astype(np.int64)
-    mesh = unwrap(vertices, faces, cfg.texture_size, timeout_s=cfg.unwrap_timeout_s)
+    clean = clean_mesh(vertices, faces, cfg.target_faces, cfg.min_component_share,
+                       expect_watertight=is_watertight(prior.vertices, prior.faces),
+                       to_prior_units=lambda points: prior.transform.to_canonical(points.astype(np.float64)))
+    lap("clean_s")
+    mesh = unwrap(clean.vertices, clean.faces, cfg.texture_size, timeout_s=cfg.unwrap_timeout_s)
     lap("unwrap_s")
     texture = Image.fromarray(bake_texture(mesh, fine_result.albedo, cfg.texture_size))
     lap("bake_s")
@@ -74,7 +79,7 @@ def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir
         "vertices": int(canonical.shape[0]), "faces": int(mesh.faces.shape[0]),
         "texture_size": int(cfg.texture_size), "formats": list(cfg.formats), "unwrap": mesh.method,
         "bounds_min": canonical.min(axis=0).tolist(), "bounds_max": canonical.max(axis=0).tolist(),
-        "timings": timings, "versions": _versions(),
+        "mesh": clean.report, "timings": timings, "versions": _versions(),
     }
     json_path = out_dir / f"{STEM}.json"
     json_path.write_text(json.dumps(info, indent=2, default=str))
@@ -145,7 +150,7 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for name in ("trimesh", "xatlas", "numpy", "pillow", "torch"):
+    for name in ("trimesh", "xatlas", "fast-simplification", "libigl", "numpy", "pillow", "torch"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
