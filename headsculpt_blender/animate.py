@@ -188,7 +188,7 @@ def copy_drivers(prior, avatar) -> int:
     if source is None or target is None or source.animation_data is None:
         return 0
     swap = {prior: avatar, source: target, prior.data: avatar.data}
-    copied = 0
+    copied = []
     for curve in source.animation_data.drivers:
         match = _KEY_PATH.match(curve.data_path)
         if not match or match[1] not in target.key_blocks:
@@ -198,8 +198,6 @@ def copy_drivers(prior, avatar) -> int:
         new = block.driver_add(match[2])
         driver, original = new.driver, curve.driver
         driver.type, driver.use_self = original.type, original.use_self
-        if original.type == "SCRIPTED":
-            driver.expression = original.expression
         for variable in original.variables:
             copy = driver.variables.new()
             copy.name, copy.type = variable.name, variable.type
@@ -212,13 +210,24 @@ def copy_drivers(prior, avatar) -> int:
                 new_target.transform_type = source_target.transform_type
                 new_target.transform_space = source_target.transform_space
                 new_target.rotation_mode = source_target.rotation_mode
+        if original.type == "SCRIPTED":
+            driver.expression = original.expression
         if len(curve.keyframe_points):  # a mapping curve: keep it, without the default generator
             for modifier in list(new.modifiers):
                 new.modifiers.remove(modifier)
             for point in curve.keyframe_points:
                 new.keyframe_points.insert(point.co[0], point.co[1]).interpolation = point.interpolation
-        copied += 1
-    return copied
+        copied.append(new.driver)
+    # Drivers read the evaluated copies of their targets; a custom property set from a script does not
+    # tag its ID, so its evaluated copy may lack it and the driver be flagged invalid. Tag the targets
+    # and clear the flag, as editing the driver in the UI does.
+    for driver in copied:
+        for variable in driver.variables:
+            for slot in variable.targets:
+                if slot.id is not None:
+                    slot.id.update_tag()
+        driver.is_valid = True
+    return len(copied)
 
 
 def attach_armatures(prior, avatar) -> list[str]:
@@ -262,7 +271,7 @@ def make_animatable(prior, avatar, inner_share: float = INNER_SHARE,
     report = AnimatableReport()
     report.vertex_groups = transfer_vertex_groups(prior, avatar, smap)
     report.shape_keys = transfer_shape_keys(prior, avatar, smap, inner_share, outer_share)
-    report.drivers = copy_drivers(prior, avatar)
     report.armatures = attach_armatures(prior, avatar)
     avatar.data.update()
+    report.drivers = copy_drivers(prior, avatar)  # last: it updates the view layer
     return report

@@ -86,7 +86,7 @@ def rig_flame(bpy, head, smile_path):
         block.data.foreach_set("co", shape.astype(np.float32).ravel())
         block.slider_max = 1.5
     head.data.shape_keys.key_blocks["smile"].value = 0.0
-    rig["mouth"] = 0.0
+    rig["mouth"] = 0.0  # the driver's input, as the FLAME add-on's sliders are properties
     driver = head.data.shape_keys.key_blocks["mouth_open"].driver_add("value").driver
     driver.type = "SCRIPTED"
     variable = driver.variables.new()
@@ -94,4 +94,5 @@ def rig_flame(bpy, head, smile_path):
     variable.targets[0].id = rig
     variable.targets[0].data_path = '["mouth"]'
     driver.expression = "mouth"
+    rig.update_tag()  # a property set from a script reaches the rig's evaluated copy only when tagged
     return rig
