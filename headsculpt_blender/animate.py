@@ -64,16 +64,17 @@ def barycentric(points: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray)
     d00, d01, d11 = (v0 * v0).sum(1), (v0 * v1).sum(1), (v1 * v1).sum(1)
     d20, d21 = (v2 * v0).sum(1), (v2 * v1).sum(1)
     denom = d00 * d11 - d01 * d01
-    denom = np.where(np.abs(denom) < 1e-30, 1e-30, denom)  # degenerate triangles: all weight on a
-    v = (d11 * d20 - d01 * d21) / denom
-    w = (d00 * d21 - d01 * d20) / denom
+    flat = np.abs(denom) < 1e-30  # a degenerate triangle: all weight on its first corner
+    denom = np.where(flat, 1.0, denom)
+    v = np.where(flat, 0.0, (d11 * d20 - d01 * d21) / denom)
+    w = np.where(flat, 0.0, (d00 * d21 - d01 * d20) / denom)
     weights = np.clip(np.stack([1.0 - v - w, v, w], axis=1), 0.0, 1.0)
     return weights / weights.sum(axis=1, keepdims=True).clip(1e-12)
 
 
 def surface_map(prior, avatar) -> SurfaceMap:
     """Nearest points of the prior's rest surface for the avatar's vertices, wherever both objects are."""
-    from mathutils import Matrix, Vector
+    from mathutils import Vector
     from mathutils.bvhtree import BVHTree
 
     mesh = prior.data
@@ -96,7 +97,7 @@ def surface_map(prior, avatar) -> SurfaceMap:
         nearest[i], index[i] = location, face
     corners = triangles[index]
     weights = barycentric(nearest, rest[corners[:, 0]], rest[corners[:, 1]], rest[corners[:, 2]])
-    to_avatar = np.array(Matrix(avatar_to_prior).inverted().to_3x3())
+    to_avatar = np.array(avatar_to_prior.inverted().to_3x3())
     return SurfaceMap(corners=corners, weights=weights, distance=np.linalg.norm(points - nearest, axis=1),
                       to_avatar=to_avatar)
 

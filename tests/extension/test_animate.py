@@ -213,3 +213,31 @@ def test_blender_gltf_and_fbx_exports_read_back_with_skin_and_morph_targets(bpy,
     assert [k.name for k in mesh_object.data.shape_keys.key_blocks][1:] == list(KEY_NAMES)
     assert {"root", "neck", "jaw"} <= {g.name for g in mesh_object.vertex_groups}
     assert any(m.type == "ARMATURE" and m.object == armature for m in mesh_object.modifiers)
+
+
+def test_barycentric_weights_and_falloff(bpy, addon):
+    from headsculpt_blender.animate import barycentric, falloff
+
+    a, b, c = np.array([[0.0, 0, 0]]), np.array([[1.0, 0, 0]]), np.array([[0.0, 1, 0]])
+    points = np.array([[0.25, 0.5, 0.3]])  # above the triangle: projected in the plane
+    assert np.allclose(barycentric(points, a, b, c), [[0.25, 0.25, 0.5]])
+    assert np.allclose(barycentric(np.array([[2.0, 0, 0]]), a, b, c), [[0.0, 1.0, 0.0]])  # clipped inside
+    assert np.allclose(barycentric(points, a, a, a), [[1.0, 0.0, 0.0]])  # degenerate: finite
+    assert np.allclose(falloff(np.array([0.0, 1.0, 2.0, 3.0, 4.0]), 1.0, 3.0), [1.0, 1.0, 0.5, 0.0, 0.0])
+
+
+def test_an_avatar_with_its_own_frame_gets_the_keys_in_that_frame(bpy, scene, flame_template, flame_smile):
+    """Edited copies sit beside the original, and users move and scale avatars: the correspondence is
+    made in the prior's frame and the displacements are carried into the avatar's."""
+    from mathutils import Matrix, Vector
+
+    head = import_flame(bpy, flame_template)
+    rig_flame(bpy, head, flame_smile)
+    avatar = generated_avatar(bpy, scene, head)
+    world_points = np.array([avatar.matrix_world @ v.co for v in avatar.data.vertices])
+    avatar.matrix_world = head.matrix_world @ Matrix.Diagonal((0.5, 0.5, 0.5, 1.0))
+    for vertex, point in zip(avatar.data.vertices, world_points):  # the same place in the world
+        vertex.co = avatar.matrix_world.inverted() @ Vector(point)
+    make_animatable(bpy, avatar)
+    got = np.array([p.co for p in avatar.data.shape_keys.key_blocks["mouth_open"].data]) - local_coordinates(avatar)
+    assert np.abs(got[:, 1]).max() == pytest.approx(0.02, abs=2e-4)  # 1 cm in the prior is 2 units here
