@@ -65,7 +65,14 @@ def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir
     texture_path = out_dir / f"{STEM}_albedo.png"
     texture.save(texture_path)
     written.append(texture_path)
-    if "glb" in cfg.formats:
+    rig = prior.rig
+    if "glb" in cfg.formats and rig is not None:
+        from .rig_transfer import transfer, write_rigged_glb
+
+        write_rigged_glb(out_dir / f"{STEM}.glb", canonical, mesh.faces, mesh.uvs, texture, rig,
+                         *transfer(rig, canonical))
+        written.append(out_dir / f"{STEM}.glb")
+    elif "glb" in cfg.formats:
         written.append(_write_glb(out_dir / f"{STEM}.glb", canonical, mesh.faces, mesh.uvs, texture))
     if "obj" in cfg.formats:
         written += _write_obj(out_dir, canonical, mesh.faces, mesh.uvs, texture_path.name)
@@ -79,7 +86,7 @@ def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir
         "vertices": int(canonical.shape[0]), "faces": int(mesh.faces.shape[0]),
         "texture_size": int(cfg.texture_size), "formats": list(cfg.formats), "unwrap": mesh.method,
         "bounds_min": canonical.min(axis=0).tolist(), "bounds_max": canonical.max(axis=0).tolist(),
-        "mesh": clean.report, "timings": timings, "versions": _versions(),
+        "mesh": clean.report, "rig": _rig_summary(rig), "timings": timings, "versions": _versions(),
     }
     json_path = out_dir / f"{STEM}.json"
     json_path.write_text(json.dumps(info, indent=2, default=str))
@@ -146,11 +153,18 @@ def write_turntable(fine_result: "FineResult", cfg: "ExportConfig", out_dir: Pat
     return paths + [gif]
 
 
+def _rig_summary(rig) -> dict[str, Any] | None:
+    """What of the prior's rig avatar.glb carries (None: a plain textured mesh)."""
+    if rig is None:
+        return None
+    return {"joints": [node.get("name", "") for node in rig.nodes], "morph_targets": list(rig.target_names)}
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for name in ("trimesh", "xatlas", "fast-simplification", "libigl", "numpy", "pillow", "torch"):
+    for name in ("trimesh", "xatlas", "fast-simplification", "libigl", "pygltflib", "numpy", "pillow", "torch"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
