@@ -115,14 +115,15 @@ class HeadPrior:
             with np.load(directory / "mesh.npz", allow_pickle=False) as mesh:
                 vertices, faces = mesh["vertices"].astype(np.float32), mesh["faces"].astype(np.int32)
             grid = np.load(directory / "sdf_grid.npy", allow_pickle=False)
-        except (OSError, ValueError, KeyError) as error:
+            rig = PriorRig.load(directory)
+        except (OSError, ValueError, KeyError, TypeError) as error:
             raise InputError(f"The saved head prior in {directory} is incomplete or damaged ({error}); "
                              "load the prior mesh again.") from error
         marks = directory / "landmarks.npz"
         return cls(vertices=vertices, faces=faces, transform=PriorTransform.from_dict(info["transform"]),
                    content_hash=info["content_hash"], is_flame=bool(info["is_flame"]),
                    landmarks=LandmarkEmbedding.load(marks) if marks.exists() else None,
-                   sdf_source=lambda: SDFGrid(grid, info.get("sdf_bound", GRID_BOUND)), rig=PriorRig.load(directory))
+                   sdf_source=lambda: SDFGrid(grid, info.get("sdf_bound", GRID_BOUND)), rig=rig)
 
 
 # --- loading ----------------------------------------------------------------------------------------

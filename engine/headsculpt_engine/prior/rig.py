@@ -56,8 +56,11 @@ class PriorRig:
 
 
 def accessor_array(gltf, blob: bytes, index: int) -> np.ndarray:
-    """An accessor's data as an (count, width) array (normalized integers are not rescaled)."""
+    """An accessor's data as a (count, width) array; normalized integers (weights stored as bytes or
+    shorts) are scaled to [0, 1]. Sparse accessors are not supported (ValueError)."""
     accessor = gltf.accessors[index]
+    if accessor.bufferView is None or accessor.sparse is not None:
+        raise ValueError("sparse or empty accessor")
     view = gltf.bufferViews[accessor.bufferView]
     dtype = np.dtype(_COMPONENTS[accessor.componentType])
     width = _WIDTH[accessor.type]
@@ -66,7 +69,10 @@ def accessor_array(gltf, blob: bytes, index: int) -> np.ndarray:
     raw = np.frombuffer(blob, dtype=np.uint8, count=stride * (accessor.count - 1) + dtype.itemsize * width,
                         offset=start)
     rows = np.lib.stride_tricks.as_strided(raw, shape=(accessor.count, dtype.itemsize * width), strides=(stride, 1))
-    return np.ascontiguousarray(rows).view(dtype).reshape(accessor.count, width)
+    values = np.ascontiguousarray(rows).view(dtype).reshape(accessor.count, width)
+    if accessor.normalized and dtype.kind in "iu":
+        return values.astype(np.float32) / np.iinfo(dtype).max
+    return values
 
 
 def read_gltf_rig(path: Path) -> PriorRig | None:
@@ -76,7 +82,15 @@ def read_gltf_rig(path: Path) -> PriorRig | None:
 
     if path.suffix.lower() != ".glb":
         return None  # a .gltf with external buffers is read as a plain mesh; export a .glb to keep the rig
-    gltf = GLTF2().load(str(path))
+    try:
+        return _read(GLTF2().load(str(path)), path)
+    except Exception as error:  # a file trimesh could read as a mesh but whose rig is malformed
+        log.warning("%s: its skin or morph targets could not be read (%s); the avatar is exported without "
+                    "them.", path.name, error)
+        return None
+
+
+def _read(gltf, path: Path) -> PriorRig | None:
     blob = gltf.binary_blob()
     rigged = [node for node in gltf.nodes if node.mesh is not None and
               (node.skin is not None or any(p.targets for p in gltf.meshes[node.mesh].primitives))]
