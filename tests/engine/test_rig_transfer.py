@@ -105,3 +105,18 @@ def test_avatar_glb_from_a_rigged_prior_has_a_skin_and_morph_targets(tmp_path):
     assert mesh.visual.uv is not None and mesh.visual.material.baseColorTexture.size == (256, 256)
     info = json.loads((tmp_path / "result" / "avatar.json").read_text())["export"]["rig"]
     assert info == {"joints": NAMES, "morph_targets": ["lower_up"]}
+
+
+def test_accessors_read_strided_and_normalized_data():
+    import pygltflib as g
+
+    # Two interleaved VEC2 float rows (stride 12: 8 bytes of data, 4 of padding), then normalized bytes.
+    floats = np.array([[1.0, 2.0, 0.0], [3.0, 4.0, 0.0]], dtype=np.float32).tobytes()
+    blob = floats + np.array([255, 0, 51, 204], dtype=np.uint8).tobytes()
+    gltf = g.GLTF2(bufferViews=[g.BufferView(buffer=0, byteOffset=0, byteLength=24, byteStride=12),
+                                g.BufferView(buffer=0, byteOffset=24, byteLength=4)],
+                   accessors=[g.Accessor(bufferView=0, componentType=g.FLOAT, count=2, type=g.VEC2),
+                              g.Accessor(bufferView=1, componentType=g.UNSIGNED_BYTE, count=1, type=g.VEC4,
+                                         normalized=True)])
+    assert np.array_equal(accessor_array(gltf, blob, 0), [[1.0, 2.0], [3.0, 4.0]])
+    assert np.allclose(accessor_array(gltf, blob, 1), [[1.0, 0.0, 0.2, 0.8]])
