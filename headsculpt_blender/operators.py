@@ -249,33 +249,29 @@ class HEADSCULPT_OT_add_base_head(_HeadSculptOperator):
         return {"FINISHED"}
 
 
-class HEADSCULPT_OT_bind_to_flame(ActiveAvatarPoll, _HeadSculptOperator):
-    bl_idname = "headsculpt.bind_to_flame"
-    bl_label = "Bind to FLAME"
-    bl_description = ("Bind the avatar to its prior with a Surface Deform modifier, so that the prior's "
-                      "shape keys and armature drive the avatar")
+class HEADSCULPT_OT_make_animatable(ActiveAvatarPoll, _HeadSculptOperator):
+    bl_idname = "headsculpt.make_animatable"
+    bl_label = "Make animatable"
+    bl_description = ("Give the avatar its prior's vertex groups, shape keys (with their drivers) and armature, "
+                      "so it poses and takes expressions on its own; the prior mesh may then be deleted")
     bl_options = {"REGISTER", "UNDO"}
 
     def run(self, context):
+        from .animate import make_animatable
+
         avatar = context.active_object
         if not is_avatar(avatar):
-            raise Refusal("Select a HeadSculpt avatar to bind.")
-        target = context.scene.objects.get(avatar.get(PROP_PRIOR, "")) or state(context.scene).prior
-        if target is None or target.type != "MESH":
+            raise Refusal("Select a HeadSculpt avatar to make animatable.")
+        prior = context.scene.objects.get(avatar.get(PROP_PRIOR, "")) or state(context.scene).prior
+        if prior is None or prior.type != "MESH":
             raise Refusal("The avatar's prior is not in the scene; pick it as the prior first.")
-        modifier = avatar.modifiers.get("HeadSculpt bind") or avatar.modifiers.new("HeadSculpt bind",
-                                                                                    "SURFACE_DEFORM")
-        modifier.target = target
-        with context.temp_override(object=avatar, active_object=avatar):
-            if modifier.is_bound:  # the operator toggles: unbind first to bind to the current shapes
-                bpy.ops.object.surfacedeform_bind(modifier=modifier.name)
-            bpy.ops.object.surfacedeform_bind(modifier=modifier.name)
-        avatar.evaluated_get(context.evaluated_depsgraph_get())  # binding happens on evaluation
-        if not modifier.is_bound:
-            avatar.modifiers.remove(modifier)
-            raise Refusal(f"Surface Deform could not bind {avatar.name} to {target.name} "
-                          "(the prior needs clean, manifold-ish faces).")
-        state(context.scene).status = f"{avatar.name} follows {target.name}"
+        try:
+            report = make_animatable(prior, avatar)
+        except ValueError as error:
+            raise Refusal(str(error)) from None
+        rig = f", armature {', '.join(report.armatures)}" if report.armatures else ""
+        state(context.scene).status = (f"{avatar.name}: {len(report.vertex_groups)} vertex groups, "
+                                       f"{len(report.shape_keys)} shape keys{rig}")
         return {"FINISHED"}
 
 
@@ -393,7 +389,7 @@ class HEADSCULPT_OT_download_models_cancel(_HeadSculptOperator):
 
 
 CLASSES = (HEADSCULPT_OT_generate, HEADSCULPT_OT_edit, HEADSCULPT_OT_cancel, HEADSCULPT_OT_preview_landmarks,
-           HEADSCULPT_OT_add_base_head, HEADSCULPT_OT_bind_to_flame, HEADSCULPT_OT_engine_start,
+           HEADSCULPT_OT_add_base_head, HEADSCULPT_OT_make_animatable, HEADSCULPT_OT_engine_start,
            HEADSCULPT_OT_engine_stop, HEADSCULPT_OT_setup_engine, HEADSCULPT_OT_setup_engine_cancel,
            HEADSCULPT_OT_download_models, HEADSCULPT_OT_download_models_cancel)
 

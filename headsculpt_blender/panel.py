@@ -107,7 +107,7 @@ class HEADSCULPT_PT_avatar(ActiveAvatarPoll, _Panel):
         row = layout.row()
         row.enabled = st.job_state not in ACTIVE_STATES
         row.operator("headsculpt.edit", icon="GREASEPENCIL")
-        layout.operator("headsculpt.bind_to_flame", icon="MOD_MESHDEFORM")
+        layout.operator("headsculpt.make_animatable", icon="ARMATURE_DATA")
 
 
 def _wrap(text: str, width: int) -> list[str]:

@@ -30,6 +30,12 @@ def flame_template() -> Path:
     return shared_fixture("flame_head_template.obj")
 
 
+@pytest.fixture(scope="session")
+def flame_smile() -> Path:
+    """The same FLAME topology with a smiling expression (placed elsewhere than the template)."""
+    return shared_fixture("flame_head_smile.obj")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Tests never write to the user's cache; the session shares one so tiny models are built once."""

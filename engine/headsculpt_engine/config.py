@@ -161,6 +161,12 @@ class FineConfig:
 
 @dataclass
 class ExportConfig:
+    # Quadric decimation to at most this many faces before the unwrap (mesh/hygiene.py); 50,000 as
+    # the authors' code decimates; 0 keeps every marching-tetrahedra triangle.
+    target_faces: int = 50000
+    # Loose components whose bounding-box diagonal is below this share of the whole mesh's are removed
+    # (the project's rule; the largest component always stays); 0 keeps them all.
+    min_component_share: float = 0.05
     texture_size: int = 2048
     formats: tuple[str, ...] = ("glb", "obj")
     turntable_frames: int = 24
@@ -220,6 +226,7 @@ def preset_config(name: str) -> RunConfig:
         cfg.fine.checkpoint_every = cfg.fine.preview_every = 2
         cfg.guidance.resolution = 64
         cfg.export.texture_size, cfg.export.turntable_frames, cfg.export.turntable_resolution = 256, 4, 64
+        cfg.export.target_faces = 4000  # below the ~6.5k faces of a tiny run, so that decimation runs too
     return cfg
 
 

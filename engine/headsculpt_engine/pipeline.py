@@ -164,6 +164,8 @@ def _export(fine_result, prior: "HeadPrior", cfg: RunConfig, record: RunRecord, 
     description.update(config=cfg.to_dict(), timings=timings)
     export_avatar(fine_result, prior, cfg.export, result_dir, description)
     timings["export"] = time.perf_counter() - started
+    # Faces, components, watertightness and the decimation's deviation, as avatar.json has them.
+    record.update(mesh=json.loads((result_dir / "avatar.json").read_text())["export"]["mesh"])
 
 
 EDIT_MODES = ("iesd", "b3", "b5")

@@ -36,6 +36,7 @@ class SpherePrior:
         self.faces = mesh.faces.astype(np.int32)
         self.transform = SphereTransform(center=np.array([0.01, 1.6, -0.02]), scale=7.0)
         self.content_hash = "sphere-test-prior"
+        self.rig = None  # no skin or morph targets: the export writes a plain textured mesh
         self.landmark_calls = 0
 
     def signed_distance(self, points: torch.Tensor) -> torch.Tensor:

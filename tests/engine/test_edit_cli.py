@@ -73,6 +73,10 @@ def test_edit_command_exports_an_avatar_that_names_its_parent(sds_run, tmp_path)
     assert record["preset"] == "tiny"  # taken from the parent
     assert record["config"]["guidance"]["edit_scale"] == 0.6
     assert (out / "result" / "avatar.glb").is_file()
+    # The export's mesh hygiene, in run.json as in avatar.json (faces, components, watertightness).
+    assert record["mesh"] == avatar["export"]["mesh"]
+    assert 0 < record["mesh"]["faces"] <= record["config"]["export"]["target_faces"]
+    assert record["mesh"]["components"] >= 1 and isinstance(record["mesh"]["watertight"], bool)
     edited = load_checkpoint(out / "fine" / "checkpoint.pt")["stage"]
     parent = load_checkpoint(sds_run / "fine" / "checkpoint.pt")["stage"]
     assert edited["geometry"]["sdf"].shape == parent["geometry"]["sdf"].shape  # started from the parent

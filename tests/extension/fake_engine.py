@@ -2,7 +2,8 @@
 
 It keeps to api-contract.md closely enough for the add-on: priors are decoded and kept, jobs advance one
 step per status request, and a finished job's avatar.glb is the uploaded prior itself (engine canonical
-frame, with UVs and a texture), optionally scaled, so a test can check where the add-on placed it.
+frame, with UVs and a texture), optionally scaled, so a test can check where the add-on placed it; or
+a given avatar.glb (a real engine's tiny run) for every generate job.
 """
 from __future__ import annotations
 
@@ -42,8 +43,10 @@ def glb_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
 
 class FakeEngine:
     def __init__(self, api_version: int = 1, token: str = "secret", steps: int = 3,
-                 landmarks_found: bool = True, edit_scale: float = 1.1, fail_at: int = 0) -> None:
+                 landmarks_found: bool = True, edit_scale: float = 1.1, fail_at: int = 0,
+                 result_glb: bytes | None = None) -> None:
         self.api_version, self.token, self.steps, self.fail_at = api_version, token, steps, fail_at
+        self.result_glb = result_glb  # served as every generate job's avatar.glb instead of the prior
         self.landmarks_found, self.edit_scale = landmarks_found, edit_scale
         self.priors: dict[str, tuple[np.ndarray, np.ndarray, dict]] = {}
         self.jobs: dict[str, dict] = {}
@@ -157,7 +160,8 @@ class FakeEngine:
             job["state"], job["message"] = "failed", "CUDA ran out of memory; try the draft preset."
         elif job["iteration"] >= self.steps:
             job["state"], job["stage"], job["eta_s"] = "done", "export", 0.0
-            job["glb"] = glb_bytes(job["vertices"], job["faces"])
+            given = self.result_glb if job["kind"] == "generate" else None
+            job["glb"] = given if given is not None else glb_bytes(job["vertices"], job["faces"])
 
     @staticmethod
     def public(job: dict) -> dict:

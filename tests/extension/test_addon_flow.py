@@ -1,5 +1,6 @@
 """The add-on's operators and polling step against a stand-in engine (tests/extension/fake_engine.py):
-Generate, import and placement, Edit avatar, Bind to FLAME, and every refusal. bpy runs in-process."""
+Generate, import and placement, Edit avatar, and every refusal (Make animatable: test_animate.py).
+bpy runs in-process."""
 from __future__ import annotations
 
 import json
@@ -45,16 +46,6 @@ def world_vertices(obj) -> np.ndarray:
     mesh = obj.data
     co = np.empty(len(mesh.vertices) * 3)
     mesh.vertices.foreach_get("co", co)
-    matrix = np.array(obj.matrix_world)
-    return co.reshape(-1, 3) @ matrix[:3, :3].T + matrix[:3, 3]
-
-
-def evaluated_world_vertices(bpy, obj) -> np.ndarray:
-    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
-    mesh = evaluated.to_mesh()
-    co = np.empty(len(mesh.vertices) * 3)
-    mesh.vertices.foreach_get("co", co)
-    evaluated.to_mesh_clear()
     matrix = np.array(obj.matrix_world)
     return co.reshape(-1, 3) @ matrix[:3, :3].T + matrix[:3, 3]
 
@@ -150,33 +141,6 @@ def test_edit_avatar_creates_a_linked_copy_beside_it(bpy, scene, flame_template)
     shift = edited.matrix_world.translation - avatar.matrix_world.translation
     assert shift.x > avatar.dimensions.x and abs(shift.y) < 1e-6 and abs(shift.z) < 1e-6
     assert edited.dimensions.z == pytest.approx(avatar.dimensions.z * 1.1, rel=1e-3)
-
-
-def test_bind_to_flame_follows_the_prior(bpy, scene, flame_template):
-    head = import_flame(bpy, flame_template)
-    # A FLAME expression as a shape key: the top half of the head raised by 2 cm, off at first.
-    head.shape_key_add(name="Basis")
-    lift = head.shape_key_add(name="lift", from_mix=False)
-    co = np.empty(len(head.data.vertices) * 3)
-    lift.data.foreach_get("co", co)
-    co = co.reshape(-1, 3)
-    top = co[:, 1] > np.median(co[:, 1])  # mesh data is Y up (object rotated +90 degrees about X)
-    co[top, 1] += 0.02
-    lift.data.foreach_set("co", co.ravel())
-    lift.value = 0.0
-    with FakeEngine() as engine:
-        use_engine(engine.url)
-        avatar = generate(bpy, scene, head)
-    bpy.context.view_layer.objects.active = avatar
-    assert bpy.ops.headsculpt.bind_to_flame() == {"FINISHED"}
-    modifier = avatar.modifiers["HeadSculpt bind"]
-    assert modifier.type == "SURFACE_DEFORM" and modifier.is_bound and modifier.target == head
-    before = evaluated_world_vertices(bpy, avatar)
-    lift.value = 1.0  # the shape key drives the prior, and through the binding the avatar
-    after = evaluated_world_vertices(bpy, avatar)
-    moved = np.linalg.norm(after - before, axis=1)
-    assert moved.max() == pytest.approx(0.02, abs=2e-3) and (moved > 0.015).mean() > 0.3
-    assert nearest_distance(after, evaluated_world_vertices(bpy, head)).max() < 1e-4  # still on the prior
 
 
 def test_refusals_are_plain_and_nothing_crashes(bpy, scene, flame_template):

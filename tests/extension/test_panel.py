@@ -76,6 +76,7 @@ def test_main_panel_through_a_job(bpy, scene, flame_template):
     assert HEADSCULPT_PT_avatar.poll(bpy.context)
     avatar_calls = draw(bpy, HEADSCULPT_PT_avatar)
     assert ("operator", ("headsculpt.edit",), {"icon": "GREASEPENCIL"}) in avatar_calls
+    assert ("operator", ("headsculpt.make_animatable",), {"icon": "ARMATURE_DATA"}) in avatar_calls
     bpy.context.view_layer.objects.active = st.prior
     assert not HEADSCULPT_PT_avatar.poll(bpy.context)  # the Edit panel shows for avatars only
 

@@ -1,12 +1,16 @@
 """Timings of the mesh side for docs/benchmarks.md ("Fine stage and export"): the rasteriser and the export.
 
-    python -m headsculpt_engine.mesh.benchmark [raster] [export] [export-field] [--device cpu|cuda]
+    python -m headsculpt_engine.mesh.benchmark [raster] [export] [export-field] [decimate] [--device cpu|cuda]
 
 raster: rasterise + interpolate + antialias of icospheres at three sizes (best of 3), with the
 rasteriser the device gets (nvdiffrast on CUDA when installed, else the PyTorch one).
 export: the whole export (unwrap, bake, GLB + OBJ/MTL/PNG, turntable, GIF, JSON) of a ~190k-triangle
 ellipsoid from marching tetrahedra with a 2048x2048 texture; colours from an analytic field, or with
 `export-field` from a fresh `HeadField` at the paper's settings (the real cost of evaluating it).
+decimate: the export's mesh hygiene (mesh/hygiene.py) on that ellipsoid written in the built-in
+prior's frame: quadric decimation to `export.target_faces` (50,000; best of 3) and the Hausdorff
+distance of the result to the undecimated surface, in prior units (metres) and as a share of the
+prior's bounding-box diagonal.
 The fine stage's iteration is timed by `headsculpt bench --stage fine`.
 """
 from __future__ import annotations
@@ -64,17 +68,44 @@ class AnalyticColour(torch.nn.Module):
         return torch.where(x[:, :1] < 0, left, right)
 
 
-def bench_export(head_field: bool, tet_resolution: int = 160, texture: int = 2048) -> None:
-    from ..config import CoarseConfig, ExportConfig
-    from ..prior import builtin_prior
-    from ..stages.fine import FineResult
-    from .export import export_avatar
+def ellipsoid(tet_resolution: int):
+    """The ~190k-triangle (tet grid 160) marching-tetrahedra ellipsoid the export timings use."""
     from .marching import marching_tets
     from .tets import band_grid
 
     radii = torch.tensor([1.0, 0.85, 1.1])
     grid, sdf = band_grid(tet_resolution, lambda p: (p * radii).norm(dim=-1) - 0.5, band_cells=2.0)
-    vertices, faces = marching_tets(grid.vertices, sdf, grid.tets)
+    return marching_tets(grid.vertices, sdf, grid.tets)
+
+
+def bench_decimate(tet_resolution: int = 160) -> None:
+    import numpy as np
+
+    from ..config import ExportConfig
+    from ..prior import builtin_prior
+    from .hygiene import decimate, surface_deviation
+
+    vertices, faces = ellipsoid(tet_resolution)
+    prior = builtin_prior()
+    v = prior.transform.to_canonical(vertices.numpy().astype(np.float64))
+    f = faces.numpy()
+    target = ExportConfig().target_faces
+    seconds = best_of(lambda: decimate(v, f, target))
+    dv, df = decimate(v, f, target)
+    hausdorff = surface_deviation(v, f, dv, df)
+    canon = prior.transform.to_canonical(prior.vertices.astype(np.float64))
+    diagonal = float(np.linalg.norm(np.ptp(canon, axis=0)))
+    print(f"decimate {len(f)} -> {len(df)} tris: {seconds:.2f} s, Hausdorff {hausdorff * 1000:.3f} mm "
+          f"({100 * hausdorff / diagonal:.3f}% of the prior's {diagonal:.3f} m diagonal)")
+
+
+def bench_export(head_field: bool, tet_resolution: int = 160, texture: int = 2048) -> None:
+    from ..config import CoarseConfig, ExportConfig
+    from ..prior import builtin_prior
+    from ..stages.fine import FineResult
+    from .export import export_avatar
+
+    vertices, faces = ellipsoid(tet_resolution)
     prior = builtin_prior()  # only its frame is used: the mesh is written in its canonical frame
     if head_field:
         from ..nerf.field import HeadField
@@ -94,7 +125,7 @@ def bench_export(head_field: bool, tet_resolution: int = 160, texture: int = 204
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="*", choices=("raster", "export", "export-field"), default=["raster", "export"])
+    parser.add_argument("what", nargs="*", choices=("raster", "export", "export-field", "decimate"), default=["raster", "export"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tet-resolution", type=int, default=160, help="export mesh: tet grid (160: ~190k triangles)")
     parser.add_argument("--texture", type=int, default=2048, help="export texture size")
@@ -106,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_export(False, args.tet_resolution, args.texture)
     if "export-field" in args.what:
         bench_export(True, args.tet_resolution, args.texture)
+    if "decimate" in args.what:
+        bench_decimate(args.tet_resolution)
     return 0
 
 

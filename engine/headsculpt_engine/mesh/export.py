@@ -22,13 +22,14 @@ _TURNTABLE_BATCH = 4
 
 def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir: Path,
                   description: dict[str, Any]) -> list[Path]:
-    """Unwrap, bake and write the avatar into `out_dir`; returns the written files.
+    """Clean (mesh/hygiene.py), unwrap, bake and write the avatar into `out_dir`; returns the written files.
 
     Geometry is written in the prior's canonical frame (`prior.transform.to_canonical`), so that it
     sits exactly on the prior mesh the user started from.
     """
     from PIL import Image
 
+    from .hygiene import clean_mesh, is_watertight
     from .uv import bake_texture, unwrap
 
     unknown = set(cfg.formats) - set(FORMATS)
@@ -49,7 +50,11 @@ def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir
 
     vertices = fine_result.vertices.detach().cpu().numpy().astype(np.float32)
     faces = fine_result.faces.detach().cpu().numpy().astype(np.int64)
-    mesh = unwrap(vertices, faces, cfg.texture_size, timeout_s=cfg.unwrap_timeout_s)
+    clean = clean_mesh(vertices, faces, cfg.target_faces, cfg.min_component_share,
+                       expect_watertight=is_watertight(prior.vertices, prior.faces),
+                       to_prior_units=lambda points: prior.transform.to_canonical(points.astype(np.float64)))
+    lap("clean_s")
+    mesh = unwrap(clean.vertices, clean.faces, cfg.texture_size, timeout_s=cfg.unwrap_timeout_s)
     lap("unwrap_s")
     texture = Image.fromarray(bake_texture(mesh, fine_result.albedo, cfg.texture_size))
     lap("bake_s")
@@ -59,7 +64,14 @@ def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir
     texture_path = out_dir / f"{STEM}_albedo.png"
     texture.save(texture_path)
     written.append(texture_path)
-    if "glb" in cfg.formats:
+    rig = prior.rig
+    if "glb" in cfg.formats and rig is not None:
+        from .rig_transfer import transfer, write_rigged_glb
+
+        write_rigged_glb(out_dir / f"{STEM}.glb", canonical, mesh.faces, mesh.uvs, texture, rig,
+                         *transfer(rig, canonical))
+        written.append(out_dir / f"{STEM}.glb")
+    elif "glb" in cfg.formats:
         written.append(_write_glb(out_dir / f"{STEM}.glb", canonical, mesh.faces, mesh.uvs, texture))
     if "obj" in cfg.formats:
         written += _write_obj(out_dir, canonical, mesh.faces, mesh.uvs, texture_path.name)
@@ -73,7 +85,7 @@ def export_avatar(fine_result: "FineResult", prior, cfg: "ExportConfig", out_dir
         "vertices": int(canonical.shape[0]), "faces": int(mesh.faces.shape[0]),
         "texture_size": int(cfg.texture_size), "formats": list(cfg.formats), "unwrap": mesh.method,
         "bounds_min": canonical.min(axis=0).tolist(), "bounds_max": canonical.max(axis=0).tolist(),
-        "timings": timings, "versions": _versions(),
+        "mesh": clean.report, "rig": _rig_summary(rig), "timings": timings, "versions": _versions(),
     }
     json_path = out_dir / f"{STEM}.json"
     json_path.write_text(json.dumps(info, indent=2, default=str))
@@ -138,11 +150,18 @@ def write_turntable(fine_result: "FineResult", cfg: "ExportConfig", out_dir: Pat
     return paths + [gif]
 
 
+def _rig_summary(rig) -> dict[str, Any] | None:
+    """What of the prior's rig avatar.glb carries (None: a plain textured mesh)."""
+    if rig is None:
+        return None
+    return {"joints": [node.get("name", "") for node in rig.nodes], "morph_targets": list(rig.target_names)}
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for name in ("trimesh", "xatlas", "numpy", "pillow", "torch"):
+    for name in ("trimesh", "xatlas", "fast-simplification", "libigl", "pygltflib", "numpy", "pillow", "torch"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

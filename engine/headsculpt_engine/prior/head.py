@@ -20,6 +20,7 @@ from .density import DEFAULT_SHARPNESS, density_prior
 from .frame import PriorTransform
 from .landmarks import LandmarkEmbedding, embedding_from_vertex_indices, read_landmark_file
 from .meshio import MeshArrays, clean_mesh, load_mesh_file
+from .rig import PriorRig, read_gltf_rig
 from .sdf import GRID_BOUND, GRID_RESOLUTION, SDFGrid, compute_sdf_grid
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class HeadPrior:
     landmarks: LandmarkEmbedding | None
     # The grid is built (or read from the cache) on first use: landmark work never needs it.
     sdf_source: Callable[[], SDFGrid] = field(repr=False)
+    # A .glb prior's skin and morph targets, for the avatar to carry (prior/rig.py); None otherwise.
+    rig: PriorRig | None = field(default=None, repr=False)
     _sdf_grid: SDFGrid | None = field(default=None, init=False, repr=False)
 
     @property
@@ -98,6 +101,8 @@ class HeadPrior:
         np.save(directory / "sdf_grid.npy", self.sdf_grid.values)
         if self.landmarks is not None:
             self.landmarks.save(directory / "landmarks.npz")
+        if self.rig is not None:
+            self.rig.save(directory)
         info = {"content_hash": self.content_hash, "is_flame": self.is_flame, "transform": self.transform.as_dict(),
                 "sdf_bound": self.sdf_grid.bound, "cache_version": CACHE_VERSION}
         (directory / "prior.json").write_text(json.dumps(info, indent=2))
@@ -110,14 +115,15 @@ class HeadPrior:
             with np.load(directory / "mesh.npz", allow_pickle=False) as mesh:
                 vertices, faces = mesh["vertices"].astype(np.float32), mesh["faces"].astype(np.int32)
             grid = np.load(directory / "sdf_grid.npy", allow_pickle=False)
-        except (OSError, ValueError, KeyError) as error:
+            rig = PriorRig.load(directory)
+        except (OSError, ValueError, KeyError, TypeError) as error:
             raise InputError(f"The saved head prior in {directory} is incomplete or damaged ({error}); "
                              "load the prior mesh again.") from error
         marks = directory / "landmarks.npz"
         return cls(vertices=vertices, faces=faces, transform=PriorTransform.from_dict(info["transform"]),
                    content_hash=info["content_hash"], is_flame=bool(info["is_flame"]),
                    landmarks=LandmarkEmbedding.load(marks) if marks.exists() else None,
-                   sdf_source=lambda: SDFGrid(grid, info.get("sdf_bound", GRID_BOUND)))
+                   sdf_source=lambda: SDFGrid(grid, info.get("sdf_bound", GRID_BOUND)), rig=rig)
 
 
 # --- loading ----------------------------------------------------------------------------------------
@@ -211,6 +217,7 @@ def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | N
         landmarks = _cached_detection(cache, vertices, mesh.faces, say)
     else:
         landmarks = None
+    rig = None if isinstance(source, MeshArrays) else read_gltf_rig(Path(source))
     return HeadPrior(vertices=vertices, faces=mesh.faces, transform=transform, content_hash=hash_,
                      is_flame=is_flame_topology(len(vertices), len(raw.faces)), landmarks=landmarks,
-                     sdf_source=lambda: SDFGrid(_cached_sdf(cache, vertices, mesh.faces, sdf_resolution, say)))
+                     sdf_source=lambda: SDFGrid(_cached_sdf(cache, vertices, mesh.faces, sdf_resolution, say)), rig=rig)
