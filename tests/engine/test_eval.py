@@ -118,7 +118,10 @@ def test_eval_writes_every_score_and_a_page_chromium_shows(runs, tmp_path):
     prompts = tmp_path / "distractors.txt"
     prompts.write_text("# more prompts to rank against\na head of a knight\n\na head of a robot\n")
     out_json, out_html = tmp_path / "scores.json", tmp_path / "report" / "index.html"
-    result = headsculpt("eval", str(runs["man"]), str(runs["woman"]), str(runs["edit"]), "--clip", "tiny",
+    manifest = runs["man"].parent / "batch.json"  # the two generations as a batch's manifest lists them
+    manifest.write_text(json.dumps({"runs": [{"run_folder": "man", "state": "done", "seed": 0},
+                                             {"run_folder": str(runs["woman"]), "state": "done", "seed": 1}]}))
+    result = headsculpt("eval", str(manifest), str(runs["edit"]), "--clip", "tiny",
                         "--views", "4", "--prompts", str(prompts), "--json", str(out_json), "--html", str(out_html))
     assert "R-Precision" in result.stdout and result.stderr == ""
     report = json.loads(out_json.read_text())
@@ -152,6 +155,23 @@ def test_eval_writes_every_score_and_a_page_chromium_shows(runs, tmp_path):
     grey = (np.abs(picture - picture.mean(-1, keepdims=True)).max(-1) < 12) & (picture.mean(-1) > 60) & \
         (picture.mean(-1) < 200)
     assert grey.sum() > 3 * 2000, f"the turntable images do not show ({grey.sum()} grey pixels)"
+
+
+def test_manifests_name_their_runs_and_unfinished_entries_are_refused(tmp_path):
+    from headsculpt_engine.errors import InputError
+    from headsculpt_engine.evaluation.runs import expand_manifests
+
+    manifest = tmp_path / "batch" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text(json.dumps({"runs": [{"run_folder": "a", "state": "done"},
+                                             {"run_folder": "/abs/b", "state": "done"}]}))
+    assert expand_manifests([tmp_path / "x", manifest]) == [tmp_path / "x", manifest.parent / "a", Path("/abs/b")]
+    manifest.write_text(json.dumps({"runs": [{"run_folder": "a", "state": "running"}]}))
+    with pytest.raises(InputError, match="lists a as running: finish the batch"):
+        expand_manifests([manifest])
+    manifest.write_text('{"runs": [{"folder": "a"}]}')
+    with pytest.raises(InputError, match="not a readable manifest"):
+        expand_manifests([manifest])
 
 
 def test_eval_refuses_an_unfinished_run_and_a_missing_model(runs, tmp_path):

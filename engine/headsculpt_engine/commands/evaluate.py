@@ -15,7 +15,8 @@ def register(subparsers) -> None:
                     "ranks first among all runs' prompts and --prompts), and for edits the CLIP Directional "
                     "Similarity (parent render -> edit render against parent prompt -> edited prompt) and an "
                     "identity score (parent and edit renders alike).")
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="finished run folders (generate or edit)")
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                        help="finished run folders (generate or edit), or batch/dataset manifests (.json)")
     parser.add_argument("--clip", default=None, metavar="ID",
                         help="CLIP model: a Hugging Face id, a folder, or 'tiny' (default: "
                              "openai/clip-vit-large-patch14, the papers')")
@@ -32,12 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..evaluation.clip import DEFAULT_CLIP, load_clip
     from ..evaluation.report import write_html, write_json
-    from ..evaluation.runs import read_prompts, read_run
+    from ..evaluation.runs import expand_manifests, read_prompts, read_run
     from ..evaluation.scoring import evaluate_runs
 
     if not 1 <= args.views <= 64:
         raise InputError("--views takes 1 to 64 views per avatar.")
-    runs = [read_run(folder) for folder in args.runs]  # every run checked before any work
+    runs = [read_run(folder) for folder in expand_manifests(args.runs)]  # every run checked before any work
     distractors = read_prompts(args.prompts) if args.prompts else []
     name = args.clip or DEFAULT_CLIP
     print(f"Loading CLIP ({name})...", flush=True)

@@ -45,6 +45,33 @@ def read_run(folder: Path) -> FinishedRun:
                        instruction=str(record.get("instruction") or ""))
 
 
+def expand_manifests(paths: list[Path]) -> list[Path]:
+    """Run folders, with each `.json` argument read as a batch or dataset manifest: a JSON object whose
+    `runs` list holds one entry per generation with its `run_folder` (relative to the manifest's folder,
+    or absolute) and its `state`. This is the manifest `headsculpt batch` is to write (the StyleAvatar3D
+    issue); entries that are not done are refused like unfinished runs."""
+    folders: list[Path] = []
+    for path in paths:
+        path = Path(path).expanduser()
+        if path.suffix.lower() != ".json":
+            folders.append(path)
+            continue
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            entries = manifest["runs"]
+            for entry in entries:
+                folder = Path(entry["run_folder"])
+                state = entry.get("state", "done")
+                if state != "done":
+                    raise InputError(f"{path} lists {folder} as {state}: finish the batch (run it again), then "
+                                     "evaluate it.")
+                folders.append(folder if folder.is_absolute() else path.parent / folder)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise InputError(f"{path} is not a readable manifest (a JSON object with a 'runs' list of entries "
+                             f"with 'run_folder'): {error}.") from None
+    return folders
+
+
 def read_prompts(path: Path) -> list[str]:
     """Distractor prompts for R-Precision: one a line (blank lines and lines starting with # skipped)."""
     try:
