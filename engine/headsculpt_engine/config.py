@@ -77,8 +77,8 @@ class GuidanceConfig:
     # HeadSculpt IESD
     edit_scale: float = 0.6  # w_e
     # CFG scale of the edit (instruction) side; the identity side uses guidance_scale. The paper does
-    # not state it; 7.5 is InstructPix2Pix's own default text guidance scale.
-    edit_guidance_scale: float = 7.5
+    # not state it; the authors' code guides both sides with its one text scale, 100 (sd.py `self.gs`).
+    edit_guidance_scale: float = 100.0
     ip2p_scale: float = 1.0  # conditioning scale of the InstructPix2Pix ControlNet
     # How `edit` distils: "iesd" (Eq. 7), or the paper's ablations "b3" (a new fine stage guided by plain
     # SDS with the instruction-altered prompt, no InstructPix2Pix) and "b5" (IESD with w_e = 1).
