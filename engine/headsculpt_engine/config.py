@@ -93,6 +93,11 @@ class CoarseConfig:
     batch: int = 4
     resolution: int = 64
     lr: float = 1e-3
+    # The hash grid learns at grid_lr_scale * lr, and Adam's epsilon is 1e-15: the authors' code
+    # (network_grid.get_params, main.py), which Table 2's single lr 1e-3 does not show. Hash-grid
+    # entries get sparse, small gradients; Instant-NGP trains them at 1e-2 with eps 1e-15 for that.
+    grid_lr_scale: float = 10.0
+    adam_eps: float = 1e-15
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
     # Hash-grid encoding: 16 levels x 2 features, base resolution 16, 2^19 entries, finest ~2048.
@@ -117,12 +122,22 @@ class CoarseConfig:
     background: Literal["mlp", "random", "white"] = "mlp"
     mesh_resolution: int = 128  # marching-cubes grid of coarse_mesh.obj over [-bound, bound]^3
     prior_sharpness: float = 0.005  # `a` of Eq. 3
-    albedo_warmup: int = 1000  # iterations of albedo-only shading before lighting starts
-    albedo_ratio: float = 0.2  # after warm-up: share of albedo-only iterations
-    textureless_ratio: float = 0.3  # after warm-up: share of normal-shaded (textureless) iterations
-    ambient: float = 0.3
-    lambda_entropy: float = 0.0
-    lambda_orientation: float = 0.0
+    # Shading schedule of the authors' code (nerf/utils.py train_step), shared by the fine stage:
+    # warm-up iterations shade with `warmup_shading` ("normal": the normal map; "albedo": the code's
+    # --albedo), ambient 1, the default background; in the coarse stage a normal warm-up feeds
+    # [normal map, opacity] to the UNet as its 4-channel latent (Fantasia3D), skipping the VAE.
+    warmup_iterations: int = 2000
+    warmup_shading: Literal["normal", "albedo"] = "normal"
+    warmup_as_latent: bool = True
+    # After warm-up: normal-map iterations with this probability, else lambertian; ambient drawn
+    # uniformly from ambient_range each iteration; a random solid background with this probability.
+    normal_ratio: float = 0.2
+    ambient_range: tuple[float, float] = (0.1, 1.0)
+    random_background_ratio: float = 0.5
+    # stable-dreamfusion's regularisers at the authors' weights: binary entropy of the per-sample
+    # weights (log2, its lambda ramped up over the first half of the run) and the orientation penalty.
+    lambda_entropy: float = 5e-4
+    lambda_orientation: float = 5e-4
     # Normals for shading: "predicted" by the MLP head (A.1), or "gradient" = -grad(sigma) by central
     # differences (the shape itself; six more density evaluations per sample).
     shading_normals: Literal["predicted", "gradient"] = "predicted"
@@ -144,7 +159,11 @@ class FineConfig:
     lr: float = 1e-2  # SDF values and vertex offsets
     color_lr: float = 1e-3
     t_range: tuple[float, float] = (0.02, 0.5)
-    lambda_laplacian: float = 1.0
+    # The authors' code: 0.2 * mean_i ||(L v)_i|| with the uniform graph Laplacian L = D - A.
+    lambda_laplacian: float = 0.2
+    # Normal-map iterations before the shading schedule starts (the authors' code keeps its 2000
+    # warm-up iterations in DMTet, rendered as RGB through the VAE).
+    warmup_iterations: int = 2000
     max_offset_cells: float = 0.5  # |dv_i| bounded to this many tet-grid cells
     # DMTet keeps only the cells within this many cells of the initial surface (the full 256 grid holds
     # 100M tetrahedra); sign flips and offsets can move the surface anywhere inside that band.
@@ -202,8 +221,10 @@ def preset_config(name: str) -> RunConfig:
     cfg = RunConfig(preset=name)  # type: ignore[arg-type]
     if name == "standard":
         cfg.coarse.iterations, cfg.fine.iterations = 3000, 2000
+        cfg.coarse.warmup_iterations, cfg.fine.warmup_iterations = 900, 800
     elif name == "draft":
         cfg.coarse.iterations, cfg.fine.iterations = 1000, 500
+        cfg.coarse.warmup_iterations, cfg.fine.warmup_iterations = 300, 200
         cfg.fine.resolution, cfg.fine.tet_resolution = 256, 64
         cfg.export.texture_size = 1024
     elif name == "tiny":
@@ -212,7 +233,8 @@ def preset_config(name: str) -> RunConfig:
         cfg.coarse.iterations, cfg.fine.iterations = 6, 4
         cfg.coarse.resolution, cfg.coarse.samples_per_ray = 32, 32
         cfg.coarse.grid_log2_table_size, cfg.coarse.grid_finest_resolution = 14, 256
-        cfg.coarse.occupancy_grid_resolution, cfg.coarse.albedo_warmup = 32, 2
+        cfg.coarse.occupancy_grid_resolution, cfg.coarse.warmup_iterations = 32, 2
+        cfg.fine.warmup_iterations = 1
         cfg.coarse.checkpoint_every = cfg.coarse.preview_every = 3
         cfg.fine.resolution, cfg.fine.tet_resolution = 64, 32
         cfg.fine.checkpoint_every = cfg.fine.preview_every = 2

@@ -92,9 +92,14 @@ def test_empty_initial_surface_is_a_user_error(tmp_path):
         run_fine(small_config(1), SpherePrior(radius=3.0), None, tmp_path, colour=TinyColour())
 
 
-def test_uniform_laplacian_loss():
-    # A flat regular grid: interior vertices have zero Laplacian; lifting one vertex by h gives it
-    # |L|^2 = h^2 and each of its 6 neighbours |L|^2 = (h / deg)^2.
+def test_laplacian_loss_is_the_authors_unsquared_graph_laplacian():
+    """mean_i ||deg_i v_i - sum_j v_j|| (L = D - A), at the authors' weight 0.2. On a flat regular
+    grid the interior vertices have L v = 0; lifting the centre by h gives it ||L v|| = 6h and each of
+    its 6 (interior) neighbours ||L v|| = h, so the loss grows by 12h / N and its gradient on the
+    centre's height is 12 / N (not 2h-proportional, as a squared Laplacian's would be)."""
+    from headsculpt_engine.config import FineConfig
+
+    assert FineConfig().lambda_laplacian == 0.2
     n = 5
     xs, ys = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij")
     verts = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.zeros(n * n)], dim=-1)
@@ -106,11 +111,14 @@ def test_uniform_laplacian_loss():
     faces = torch.tensor(faces)
     flat = laplacian_loss(verts, faces)
     centre = 2 * n + 2
-    lifted = verts.clone()
-    lifted[centre, 2] = 1.0
-    bumped = laplacian_loss(lifted, faces)
-    # Interior vertices of this triangulation have 6 neighbours; the centre's neighbours are interior.
-    assert math.isclose(float(bumped - flat) * n * n, 1.0 + 6 * (1.0 / 6.0) ** 2, rel_tol=1e-5)
+    for h in (0.5, 2.0):
+        lifted = verts.clone()
+        lifted[centre, 2] = h
+        lifted.requires_grad_(True)
+        bumped = laplacian_loss(lifted, faces)
+        bumped.backward()
+        assert math.isclose(float((bumped - flat).detach()) * n * n, 12.0 * h, rel_tol=1e-5)
+        assert math.isclose(float(lifted.grad[centre, 2]) * n * n, 12.0, rel_tol=1e-5)
 
 
 def test_density_to_sdf_recovers_distance_near_a_soft_sphere():

@@ -44,6 +44,7 @@ class VaeCodec:
         self.resolution = resolution
         self.slicing = slicing
         self.scaling_factor = float(vae.config.scaling_factor)
+        self.downsampling = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SD's VAE
 
     def encode(self, images: "torch.Tensor") -> "torch.Tensor":
         import torch
@@ -54,6 +55,13 @@ class VaeCodec:
             chunks = x.split(1) if self.slicing else [x]  # slicing: one image at a time, less memory
             latents = torch.cat([self.vae.encode(c).latent_dist.mean for c in chunks])
             return latents * self.scaling_factor
+
+    def as_latents(self, maps: "torch.Tensor") -> "torch.Tensor":
+        """Maps resized (bilinear, as the authors' code) to the latent size of the guidance resolution."""
+        import torch.nn.functional as F
+
+        size = self.resolution // self.downsampling
+        return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False) * 2.0 - 1.0
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 from ..errors import InputError
 from ..profiling import section
 from .loop import RunCallbacks, StageSchedule, run_stage
+from .shading import PREVIEW_AMBIENT, ShadingDraw, draw_lights, draw_shading
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -46,7 +47,9 @@ class FineResult:
 
 
 def laplacian_loss(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Mean squared uniform Laplacian: |v_i - mean of its edge neighbours|^2 over the vertices."""
+    """The authors' mesh Laplacian (nerf/renderer.py laplacian_smooth_loss): mean_i ||(L v)_i|| with
+    the uniform graph Laplacian L = D - A, (L v)_i = deg_i v_i - sum of its edge neighbours; not
+    squared, so its pull does not fade as the surface smooths out."""
     faces = faces.long()
     src = torch.cat([faces[:, 0], faces[:, 1], faces[:, 2], faces[:, 1], faces[:, 2], faces[:, 0]])
     dst = torch.cat([faces[:, 1], faces[:, 2], faces[:, 0], faces[:, 0], faces[:, 1], faces[:, 2]])
@@ -55,9 +58,10 @@ def laplacian_loss(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     keys = torch.unique(src * n + dst)
     src, dst = keys // n, keys % n
     total = torch.zeros_like(vertices).index_add(0, src, vertices[dst])
-    degree = torch.bincount(src, minlength=n).clamp_min(1).unsqueeze(-1)
-    lap = vertices - total / degree
-    return lap.pow(2).sum(-1).mean()
+    degree = torch.bincount(src, minlength=n).unsqueeze(-1).to(vertices)
+    lap = degree * vertices - total
+    # sqrt at 0 has an infinite derivative: a vertex exactly at its neighbours' mean gets gradient 0.
+    return torch.sqrt(lap.pow(2).sum(-1).clamp_min(1e-24)).mean()
 
 
 class DMTetGeometry(torch.nn.Module):
@@ -109,37 +113,31 @@ class FineStage:
         self._make_optimisers()
 
     def _make_optimisers(self) -> None:
-        betas = tuple(self.cfg.coarse.betas)
+        betas, eps = tuple(self.cfg.coarse.betas), self.cfg.coarse.adam_eps
         self.geometry_opt = torch.optim.Adam([self.geometry.sdf, self.geometry.deform], lr=self.cfg.fine.lr,
-                                             betas=betas)
-        self.colour_opt = torch.optim.Adam(self.colour.parameters(), lr=self.cfg.fine.color_lr, betas=betas)
+                                             betas=betas, eps=eps)
+        self.colour_opt = torch.optim.Adam(self.colour.parameters(), lr=self.cfg.fine.color_lr, betas=betas,
+                                           eps=eps)
 
     # --- rendering -----------------------------------------------------------------------------
 
-    def _shading(self) -> str:
-        c = self.cfg.coarse
-        u = float(torch.rand(1, generator=self.generator))
-        if u < c.albedo_ratio:
-            return "albedo"
-        return "textureless" if u < c.albedo_ratio + c.textureless_ratio else "lambertian"
+    def _draw(self, iteration: int) -> ShadingDraw:
+        """The shared schedule (stages/shading.py) with the fine stage's warm-up length."""
+        return draw_shading(self.cfg.coarse, iteration, self.cfg.fine.warmup_iterations, self.cfg.fine.batch,
+                            self.generator)
 
-    def _light_dirs(self, cameras) -> torch.Tensor:
-        """Random lights in the hemisphere around each camera's direction (as in the coarse stage)."""
-        cam_dir = torch.nn.functional.normalize(cameras.positions().cpu(), dim=-1)
-        jitter = torch.randn(cam_dir.shape, generator=self.generator) * 0.5
-        return torch.nn.functional.normalize(cam_dir + jitter, dim=-1).to(self.device)
-
-    def render(self, cameras, shading: str = "albedo", light_dirs=None):
+    def render(self, cameras, shading: str = "albedo", light_dirs=None, ambient: float = PREVIEW_AMBIENT,
+               background: "float | torch.Tensor" = 1.0):
+        """Renders of the current mesh. The default background is white (the authors' run_dmtet): the
+        silhouette is explicit, so no learned background is needed to keep density out of empty space."""
         from ..mesh.render import render_mesh
 
         vertices, faces = self.geometry.extract()
         if faces.shape[0] == 0:
             raise InputError("The fine stage's surface vanished (the SDF has one sign everywhere); "
                              "start again from the coarse run or lower fine.lr.")
-        # A plain white background: the mesh's silhouette is explicit, so a learned background (as the
-        # coarse NeRF has) is not needed to keep density out of empty space.
         images, _ = render_mesh(self.rasterizer, vertices, faces, cameras, self.colour.albedo, shading,
-                                light_dirs, ambient=self.cfg.coarse.ambient)
+                                light_dirs, ambient=ambient, background=background)
         return images, vertices, faces
 
     # --- TrainableStage ----------------------------------------------------------------------
@@ -155,9 +153,10 @@ class FineStage:
         res = cfg.fine.resolution
         with section("render"):
             cameras = sample_cameras(cfg.camera, cfg.fine.batch, res, res, generator=self.generator).to(self.device)
-            shading = self._shading()
-            light = self._light_dirs(cameras) if shading != "albedo" else None
-            images, vertices, faces = self.render(cameras, shading, light)
+            draw = self._draw(iteration)
+            light = draw_lights(cameras.positions(), self.generator)
+            background = 1.0 if draw.background is None else draw.background
+            images, vertices, faces = self.render(cameras, draw.shading, light, draw.ambient, background)
         with section("guidance"):
             landmark_maps = self.prior.landmark_maps(cameras, policy=cfg.guidance.back_view_policy)
             out = self.guidance(GuidanceInputs(images=images, cameras=cameras, landmark_maps=landmark_maps,
