@@ -73,7 +73,10 @@ class GuidanceConfig:
     ssd_texture_scale: float = 7.5
     ssd_negative_prompt: str = "worst quality, low quality, semi-realistic"
     ssd_geometry_t_max: float = 0.5
-    ssd_texture_t_max: tuple[float, float] = (0.98, 0.7)  # annealed from the first to the second
+    # Texture t_max: the first value, stepping down to the second after `ssd_texture_t_step`
+    # texture iterations (HeadArtist appendix D: 0.98, then 0.7 after 5000 iterations).
+    ssd_texture_t_max: tuple[float, float] = (0.98, 0.7)
+    ssd_texture_t_step: int = 5000
     # HeadSculpt IESD
     edit_scale: float = 0.6  # w_e
     # CFG scale of the edit (instruction) side; the identity side uses guidance_scale. The paper does
@@ -153,9 +156,17 @@ class FineConfig:
     """Fine stage: DMTet refinement (HeadSculpt Sec. 3.1 (2), Table 2, A.1)."""
 
     iterations: int = 5000
+    # HeadArtist's SSD runs instead of this stage: 15,000 geometry then 20,000 texture iterations.
+    ssd_geometry_iterations: int = 15000
+    ssd_texture_iterations: int = 20000
     batch: int = 4
     resolution: int = 512
-    tet_resolution: int = 128
+    # The authors' grid: 256, rescaled to the cube the initial shape occupies plus `grid_margin`
+    # (nerf/renderer.py init_tet: scale = max |v| over occupied vertices + 0.1); `fit_grid` false keeps
+    # the grid on [-bound, bound].
+    tet_resolution: int = 256
+    fit_grid: bool = True
+    grid_margin: float = 0.1
     lr: float = 1e-2  # SDF values and vertex offsets
     color_lr: float = 1e-3
     t_range: tuple[float, float] = (0.02, 0.5)
@@ -222,9 +233,13 @@ def preset_config(name: str) -> RunConfig:
     if name == "standard":
         cfg.coarse.iterations, cfg.fine.iterations = 3000, 2000
         cfg.coarse.warmup_iterations, cfg.fine.warmup_iterations = 900, 800
+        cfg.fine.ssd_geometry_iterations, cfg.fine.ssd_texture_iterations = 5000, 7000
+        cfg.guidance.ssd_texture_t_step = 1750
     elif name == "draft":
         cfg.coarse.iterations, cfg.fine.iterations = 1000, 500
         cfg.coarse.warmup_iterations, cfg.fine.warmup_iterations = 300, 200
+        cfg.fine.ssd_geometry_iterations, cfg.fine.ssd_texture_iterations = 1000, 1000
+        cfg.guidance.ssd_texture_t_step = 250
         cfg.fine.resolution, cfg.fine.tet_resolution = 256, 64
         cfg.export.texture_size = 1024
     elif name == "tiny":
@@ -235,6 +250,8 @@ def preset_config(name: str) -> RunConfig:
         cfg.coarse.grid_log2_table_size, cfg.coarse.grid_finest_resolution = 14, 256
         cfg.coarse.occupancy_grid_resolution, cfg.coarse.warmup_iterations = 32, 2
         cfg.fine.warmup_iterations = 1
+        cfg.fine.ssd_geometry_iterations = cfg.fine.ssd_texture_iterations = 4
+        cfg.guidance.ssd_texture_t_step = 2
         cfg.coarse.checkpoint_every = cfg.coarse.preview_every = 3
         cfg.fine.resolution, cfg.fine.tet_resolution = 64, 32
         cfg.fine.checkpoint_every = cfg.fine.preview_every = 2

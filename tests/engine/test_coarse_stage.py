@@ -179,6 +179,7 @@ def test_run_coarse_writes_checkpoint_previews_mesh_and_loads_back(prior, tmp_pa
     from PIL import Image
 
     cfg = preset_config("tiny")
+    cfg.coarse.warmup_shading = "albedo"  # the oracle compares RGB pixels; a normal warm-up hands it latents
     result = run_coarse(cfg, prior, oracle_guidance(painted_target(prior)), tmp_path, device="cpu")
     assert result.checkpoint.exists() and result.mesh == tmp_path / "coarse_mesh.obj"
     assert [p.name for p in result.previews] == ["coarse_000003.png", "coarse_000006.png"]

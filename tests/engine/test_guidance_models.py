@@ -218,13 +218,18 @@ def test_ssd_gradient(models, cfg, batch):
     assert torch.count_nonzero(out_flat.grad) == 0
 
 
-def test_ssd_texture_phase_anneals_t_max(models, cfg):
+def test_ssd_texture_phase_steps_t_max_as_headartist(models, cfg):
+    """HeadArtist appendix D: t_max 0.98, then 0.7 from texture iteration 5000 on; 15k + 20k iterations."""
+    paper = preset_config("paper")
+    assert (paper.fine.ssd_geometry_iterations, paper.fine.ssd_texture_iterations) == (15000, 20000)
     cfg.guidance.kind = "ssd"
+    cfg.guidance.ssd_texture_t_step = paper.guidance.ssd_texture_t_step
     ssd = build_guidance(cfg, models, "a man")
-    ssd.set_phase("texture", 0.0)
-    assert ssd.t_range() == (0.02, 0.98)
-    ssd.set_phase("texture", 1.0)
-    assert ssd.t_range() == pytest.approx((0.02, 0.7))
+    for iteration, t_max in ((0, 0.98), (4999, 0.98), (5000, 0.7), (19999, 0.7)):
+        ssd.set_phase("texture", iteration)
+        assert ssd.t_range() == pytest.approx((0.02, t_max)), iteration
+    ssd.set_phase("geometry", 12000)
+    assert ssd.t_range() == (0.02, 0.5)
     assert ssd.texture.guidance_scale == 7.5 and ssd.geometry.guidance_scale == 100.0
     assert ssd.texture.predictor.negative_prompt == "worst quality, low quality, semi-realistic"
 

@@ -71,7 +71,9 @@ class DMTetGeometry(torch.nn.Module):
         super().__init__()
         self.register_buffer("base", grid.vertices.float().clone())
         self.register_buffer("tets", grid.tets.long().clone())
-        self.offset_scale = float(max_offset_cells) * grid.cell_size
+        # A buffer, so that a loaded state (an edit's parent, whose grid was fitted to another extent)
+        # brings back the scale its offsets were trained with.
+        self.register_buffer("offset_scale", torch.tensor(float(max_offset_cells) * grid.cell_size))
         self.sdf = torch.nn.Parameter(sdf.float().clone())
         self.deform = torch.nn.Parameter(torch.zeros_like(self.base))
 
@@ -88,6 +90,7 @@ class DMTetGeometry(torch.nn.Module):
         """Match tensor shapes to a saved state (its band may differ from this run's initial one)."""
         self.base = state["base"].clone()
         self.tets = state["tets"].clone()
+        self.offset_scale = state["offset_scale"].clone()
         self.sdf = torch.nn.Parameter(state["sdf"].clone())
         self.deform = torch.nn.Parameter(state["deform"].clone())
 
@@ -247,6 +250,27 @@ def _initial_fields(cfg: "RunConfig", prior, coarse_dir: Path | None, device, co
     return colour, prior.signed_distance
 
 
+def grid_bound(cfg: "RunConfig", sdf_fn: Callable[[torch.Tensor], torch.Tensor], device) -> float:
+    """Half-size of the tet grid's cube: the occupied extent of the initial shape plus the margin (the
+    authors' init_tet), at most the scene's bound (the colour field is defined only inside it); the
+    scene's bound when `fine.fit_grid` is off or nothing is inside."""
+    from ..mesh.tets import occupied_extent
+
+    bound = cfg.coarse.bound
+    if not cfg.fine.fit_grid:
+        return bound
+    extent = occupied_extent(sdf_fn, bound, device=device)
+    return min(bound, extent + cfg.fine.grid_margin) if extent > 0 else bound
+
+
+def fine_grid(cfg: "RunConfig", sdf_fn: Callable[[torch.Tensor], torch.Tensor], device):
+    """The tet grid (a band around the initial surface) and the initial SDF at its vertices."""
+    from ..mesh.tets import band_grid
+
+    return band_grid(cfg.fine.tet_resolution, sdf_fn, bound=grid_bound(cfg, sdf_fn, device),
+                     band_cells=cfg.fine.band_cells, device=device)
+
+
 def build_fine_stage(cfg: "RunConfig", prior, guidance: "Guidance | None", device="cpu",
                      coarse_dir: Path | None = None, colour=None, stage_class: type | None = None,
                      **options: Any) -> FineStage:
@@ -254,12 +278,9 @@ def build_fine_stage(cfg: "RunConfig", prior, guidance: "Guidance | None", devic
 
     `stage_class` (a FineStage subclass) and its `options` let the SSD phases and edits reuse it.
     """
-    from ..mesh.tets import band_grid
-
     device = torch.device(device)
     colour, sdf_fn = _initial_fields(cfg, prior, coarse_dir, device, colour)
-    grid, sdf = band_grid(cfg.fine.tet_resolution, sdf_fn, bound=cfg.coarse.bound, band_cells=cfg.fine.band_cells,
-                          device=device)
+    grid, sdf = fine_grid(cfg, sdf_fn, device)
     if not bool((sdf < 0).any()) or not bool((sdf > 0).any()):
         raise InputError("The initial shape has no surface inside the fine stage's grid; check the prior "
                          "(it must be a closed head inside the unit sphere once normalised) or the coarse run.")

@@ -71,7 +71,7 @@ class RefineStage(FineStage):
             raise ValueError(f"train must name some of {', '.join(PARAMETER_GROUPS)}, not {sorted(train)}.")
         if guidance is not None and (reference or ssd_phase):
             guidance = StagedGuidance(guidance, reference=self.reference_images if reference else None,
-                                      ssd_phase=ssd_phase, total_iterations=cfg.fine.iterations)
+                                      ssd_phase=ssd_phase)
         super().__init__(cfg, prior, guidance, colour, geometry, device)
         self.name = name
         self.train = train
