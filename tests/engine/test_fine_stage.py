@@ -168,3 +168,47 @@ def test_fine_stage_starts_from_a_coarse_run(tmp_path, monkeypatch):
     cell = 2.0 / 24
     assert abs(float(radii.mean()) - radius) < 0.05 * cell
     assert float((radii - radius).abs().max()) < 0.5 * cell
+
+
+def box_sdf(half: torch.Tensor):
+    """Signed distance (negative inside) of the centred box with half-sizes `half`."""
+    def sdf(points: torch.Tensor) -> torch.Tensor:
+        q = points.abs() - half.to(points)
+        return q.clamp_min(0).norm(dim=-1) + q.amax(dim=-1).clamp_max(0)
+    return sdf
+
+
+def test_fine_grid_is_fitted_to_the_occupied_extent_plus_margin():
+    """The authors' init_tet: the grid's cube is max |v| over occupied points + 0.1 (here within one
+    cell of the 64^3 lattice that finds the extent), at most the scene's bound."""
+    from headsculpt_engine.config import preset_config
+    from headsculpt_engine.mesh.tets import occupied_extent
+    from headsculpt_engine.stages.fine import DMTetGeometry, fine_grid, grid_bound
+
+    cfg = preset_config("tiny")
+    assert preset_config("paper").fine.tet_resolution == 256 and cfg.fine.fit_grid and cfg.fine.grid_margin == 0.1
+    sdf = box_sdf(torch.tensor([0.3, 0.5, 0.2]))
+    extent = occupied_extent(sdf, 1.0)
+    assert 0.5 - 2.0 / 64 <= extent < 0.5
+    bound = grid_bound(cfg, sdf, "cpu")
+    assert bound == pytest.approx(extent + 0.1)
+    grid, values = fine_grid(cfg, sdf, "cpu")
+    assert grid.cell_size == pytest.approx(2 * bound / cfg.fine.tet_resolution)
+    assert float(grid.vertices.abs().max()) <= bound + 1e-6
+    # The surface (the box's largest half-size) lies inside the fitted grid, with sign changes there.
+    assert bool((values < 0).any()) and bool((values > 0).any())
+    assert grid_bound(cfg, box_sdf(torch.tensor([0.95, 0.2, 0.2])), "cpu") == 1.0  # clamped to the scene
+    cfg.fine.fit_grid = False
+    assert grid_bound(cfg, sdf, "cpu") == 1.0
+
+    # A state from a grid fitted to another extent (an edit's parent) brings its offset scale along.
+    cfg.fine.fit_grid = True
+    small = DMTetGeometry(grid, values, cfg.fine.max_offset_cells)
+    with torch.no_grad():
+        small.deform.normal_()
+    cfg.fine.fit_grid = False
+    other = DMTetGeometry(*fine_grid(cfg, sdf, "cpu"), cfg.fine.max_offset_cells)
+    state = small.state_dict()
+    other.resize_like(state)
+    other.load_state_dict(state)
+    assert torch.equal(other.positions(), small.positions())
