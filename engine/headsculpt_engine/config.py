@@ -33,6 +33,10 @@ class ModelsConfig:
     # Subfolder inside face_controlnet: "diffusion_sd15" for SD 1.5, "" for SD 2.1-base (repo root).
     face_controlnet_subfolder: str = DEFAULT_FACE_CONTROLNET_SUBFOLDER
     ip2p_controlnet: str = DEFAULT_IP2P_CONTROLNET
+    # HeadArtist's base model: SSD runs use it (with the face ControlNet's SD 2.1 weights, at the
+    # repository root) instead of `base` when `base` is the default and it is in the local cache
+    # (guidance/ssd_models.py); "" keeps `base` for SSD too.
+    ssd_base: str = HEADARTIST_BASE_MODEL
     allow_download: bool = False
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     attention_slicing: bool = False
@@ -64,8 +68,9 @@ class GuidanceConfig:
     # branch, which lowers the peak memory of the UNet's activations on small GPUs at some speed.
     batched_cfg: bool = True
     # Back views have an empty landmark map. "none": predict without ControlNet (HeadSculpt);
-    # "oval": draw only the face oval and keep the ControlNet (HeadArtist).
-    back_view_policy: Literal["none", "oval"] = "none"
+    # "oval": draw only the face oval and keep the ControlNet (HeadArtist); "auto": "oval" for SSD,
+    # else "none" (each paper's own).
+    back_view_policy: Literal["auto", "none", "oval"] = "auto"
     prompt_prefix: str = ""
     negative_prompt: str = ""
     # HeadArtist SSD
@@ -86,6 +91,13 @@ class GuidanceConfig:
     # How `edit` distils: "iesd" (Eq. 7), or the paper's ablations "b3" (a new fine stage guided by plain
     # SDS with the instruction-altered prompt, no InstructPix2Pix) and "b5" (IESD with w_e = 1).
     edit_mode: Literal["iesd", "b3", "b5"] = "iesd"
+
+    @property
+    def back_views(self) -> Literal["none", "oval"]:
+        """The back-view policy in effect ("auto" resolved by the guidance kind)."""
+        if self.back_view_policy == "auto":
+            return "oval" if self.kind == "ssd" else "none"
+        return self.back_view_policy
 
 
 @dataclass

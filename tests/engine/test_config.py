@@ -46,3 +46,14 @@ def test_bad_overrides_say_what_is_wrong(override, message):
 def test_unknown_preset_is_refused():
     with pytest.raises(ValueError, match="Unknown preset 'fast'"):
         preset_config("fast")
+
+
+def test_back_view_policy_follows_each_paper_unless_chosen():
+    """HeadSculpt predicts back views without the landmark ControlNet; HeadArtist's SSD draws the face
+    contour on them."""
+    cfg = preset_config("paper")
+    assert cfg.guidance.back_view_policy == "auto" and cfg.guidance.back_views == "none"
+    cfg.guidance.kind = "ssd"
+    assert cfg.guidance.back_views == "oval"
+    cfg.guidance.back_view_policy = "none"
+    assert cfg.guidance.back_views == "none"

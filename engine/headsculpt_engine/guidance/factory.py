@@ -66,7 +66,7 @@ def _prompt(cfg: "RunConfig", prompt: str | None) -> str:
 
 def _landmark_predictor(cfg: "RunConfig", models: "DiffusionModels", prompt: str, negative: str) -> LandmarkPredictor:
     g = cfg.guidance
-    return LandmarkPredictor(models, prompt, negative, g.resolution, g.back_view_policy, g.controlnet_scale,
+    return LandmarkPredictor(models, prompt, negative, g.resolution, g.back_views, g.controlnet_scale,
                              batched_cfg=g.batched_cfg)
 
 

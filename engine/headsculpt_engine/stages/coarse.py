@@ -174,7 +174,7 @@ class CoarseStage:
         self.last_samples_evaluated = out.samples_evaluated
         with section("guidance"):
             g = self.cfg.guidance.resolution
-            landmarks = self.prior.landmark_maps(cameras.with_size(g, g), policy=self.cfg.guidance.back_view_policy)
+            landmarks = self.prior.landmark_maps(cameras.with_size(g, g), policy=self.cfg.guidance.back_views)
             # A normal warm-up as the authors' code does it: [normal map, opacity] is the latent itself.
             as_latent = draw.warmup and draw.shading == "normal" and c.warmup_as_latent
             images = torch.cat([out.image, out.opacity], dim=1) if as_latent else out.image
