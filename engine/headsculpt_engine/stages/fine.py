@@ -187,6 +187,10 @@ class FineStage:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         geometry = {k: v.to(self.device) for k, v in state["geometry"].items()}
+        if "offset_scale" not in geometry:  # saved before the fitted grid: the grid spanned the scene
+            f = self.cfg.fine
+            geometry["offset_scale"] = torch.tensor(f.max_offset_cells * 2.0 * self.cfg.coarse.bound / f.tet_resolution,
+                                                    device=self.device)
         if any(geometry[k].shape != v.shape for k, v in self.geometry.state_dict().items()):
             self.geometry.resize_like(geometry)
             self._make_optimisers()
