@@ -184,6 +184,13 @@ class FineConfig:
     t_range: tuple[float, float] = (0.02, 0.5)
     # The authors' code: 0.2 * mean_i ||(L v)_i|| with the uniform graph Laplacian L = D - A.
     lambda_laplacian: float = 0.2
+    # Mesh normal consistency, mean over shared edges of 1 - cos(angle between the two faces' normals):
+    # off in HeadSculpt's code (lambda_normal 0). HeadArtist's geometry phase weights it 8000 and the
+    # same Laplacian 10000 (its threestudio base has these loss definitions, and the same 0.5 * ||.||^2
+    # distillation loss, so its weights carry over); `stages/ssd.py` uses the ssd_ values.
+    lambda_normal_consistency: float = 0.0
+    ssd_lambda_normal_consistency: float = 8000.0
+    ssd_lambda_laplacian: float = 10000.0
     # Normal-map iterations before the shading schedule starts (the authors' code keeps its 2000
     # warm-up iterations in DMTet, rendered as RGB through the VAE).
     warmup_iterations: int = 2000

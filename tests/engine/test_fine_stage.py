@@ -212,3 +212,29 @@ def test_fine_grid_is_fitted_to_the_occupied_extent_plus_margin():
     other.resize_like(state)
     other.load_state_dict(state)
     assert torch.equal(other.positions(), small.positions())
+
+
+def test_normal_consistency_of_a_folded_pair_and_its_gradient():
+    """Two triangles sharing the edge on the x axis, the second folded by theta: 1 - cos(theta); the
+    open border edges do not count. Flat: 0 with zero gradient."""
+    from headsculpt_engine.stages.fine import normal_consistency_loss
+
+    faces = torch.tensor([[0, 1, 2], [1, 0, 3]])
+    for theta in (0.0, 0.3, 1.2):
+        verts = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.5, 1.0, 0.0],
+                              [0.5, -math.cos(theta), math.sin(theta)]], requires_grad=True)
+        loss = normal_consistency_loss(verts, faces)
+        assert math.isclose(float(loss.detach()), 1.0 - math.cos(theta), abs_tol=1e-6)
+        loss.backward()
+        if theta == 0.0:
+            assert float(verts.grad.abs().max()) < 1e-6
+        else:
+            # Lifting the folded vertex further out of the plane increases the fold.
+            assert float(verts.grad[3, 2]) > 0
+
+
+def test_ssd_geometry_phase_has_headartist_regularisers():
+    from headsculpt_engine.config import FineConfig
+
+    f = FineConfig()
+    assert (f.ssd_lambda_normal_consistency, f.ssd_lambda_laplacian, f.lambda_normal_consistency) == (8000.0, 10000.0, 0.0)

@@ -64,6 +64,24 @@ def laplacian_loss(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(lap.pow(2).sum(-1).clamp_min(1e-24)).mean()
 
 
+def normal_consistency_loss(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Mean over edges shared by two faces of 1 - n0 . n1 (unit face normals): 0 on a flat surface,
+    growing with the fold between neighbouring faces (the authors' and threestudio's definition)."""
+    faces = faces.long()
+    v = vertices[faces]
+    normals = torch.nn.functional.normalize(torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1), dim=-1)
+    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
+    owner = torch.arange(faces.shape[0], device=faces.device).repeat(3)
+    _, inverse, counts = torch.unique(edges, dim=0, return_inverse=True, return_counts=True)
+    order = torch.argsort(inverse, stable=True)
+    shared = counts[inverse[order]] == 2  # edges at an open border have one face: skipped
+    pairs = owner[order][shared].view(-1, 2)
+    if pairs.numel() == 0:
+        return vertices.sum() * 0.0
+    cosine = (normals[pairs[:, 0]] * normals[pairs[:, 1]]).sum(-1).clamp(-1.0, 1.0)
+    return (1.0 - cosine).mean()
+
+
 class DMTetGeometry(torch.nn.Module):
     """SDF values and offsets on a tet grid; `extract()` gives the current triangle mesh."""
 
@@ -167,6 +185,8 @@ class FineStage:
             loss = out.loss
             if cfg.fine.lambda_laplacian > 0:
                 loss = loss + cfg.fine.lambda_laplacian * laplacian_loss(vertices, faces)
+            if cfg.fine.lambda_normal_consistency > 0:
+                loss = loss + cfg.fine.lambda_normal_consistency * normal_consistency_loss(vertices, faces)
         with section("backward"):
             self.geometry_opt.zero_grad(set_to_none=True)
             self.colour_opt.zero_grad(set_to_none=True)

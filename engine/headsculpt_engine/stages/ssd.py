@@ -7,6 +7,7 @@ texture:  albedo renders, SSD with CFG 7.5, the negative prompt "worst quality, 
 The numbers live in config.GuidanceConfig and in `guidance.factory.SsdPhases`, which each phase drives
 through `StagedGuidance`. The phases run HeadArtist's 15,000 and 20,000 iterations
 (`fine.ssd_geometry_iterations`, `fine.ssd_texture_iterations`); an SSD edit uses the same split.
+The geometry phase has HeadArtist's regularisers: normal consistency 8000 and the Laplacian 10000.
 The geometry phase lives in RUN/geometry/, the texture phase in RUN/fine/, where every later step (export,
 a later edit) expects the finished avatar.
 """
@@ -34,8 +35,13 @@ def run_ssd(cfg: "RunConfig", prior, guidance: "Guidance | None", run_dir: Path,
     fine folder, `colour` replaces the colour field's module. Returns the texture phase's result and the
     seconds each phase took."""
     run_dir = Path(run_dir)
-    geometry_cfg = dataclasses.replace(cfg, fine=dataclasses.replace(cfg.fine, iterations=cfg.fine.ssd_geometry_iterations))
-    texture_cfg = dataclasses.replace(cfg, fine=dataclasses.replace(cfg.fine, iterations=cfg.fine.ssd_texture_iterations))
+    f = cfg.fine
+    geometry_cfg = dataclasses.replace(cfg, fine=dataclasses.replace(
+        f, iterations=f.ssd_geometry_iterations, lambda_laplacian=f.ssd_lambda_laplacian,
+        lambda_normal_consistency=f.ssd_lambda_normal_consistency))
+    # The texture phase moves no vertex: geometry regularisers would cost time and change nothing.
+    texture_cfg = dataclasses.replace(cfg, fine=dataclasses.replace(
+        f, iterations=f.ssd_texture_iterations, lambda_laplacian=0.0, lambda_normal_consistency=0.0))
     geometry = run_refine(geometry_cfg, prior, guidance, run_dir / GEOMETRY_DIR, callbacks, device, init_from=init_from,
                           name="geometry", train=("offsets",) if init_from else ("sdf", "offsets"),
                           shading="normal", ssd_phase="geometry", colour=colour)
