@@ -175,7 +175,7 @@ class FineStage:
         with section("render"):
             cameras = sample_cameras(cfg.camera, cfg.fine.batch, res, res, generator=self.generator).to(self.device)
             draw = self._draw(iteration)
-            light = draw_lights(cameras.positions(), self.generator)
+            light = draw_lights(cameras.positions(), self.generator) if draw.shading == "lambertian" else None
             background = 1.0 if draw.background is None else draw.background
             images, vertices, faces = self.render(cameras, draw.shading, light, draw.ambient, background)
         with section("guidance"):
