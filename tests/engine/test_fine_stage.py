@@ -241,3 +241,18 @@ def test_ssd_geometry_phase_has_headartist_regularisers():
 
     f = FineConfig()
     assert (f.ssd_lambda_normal_consistency, f.ssd_lambda_laplacian, f.lambda_normal_consistency) == (8000.0, 10000.0, 0.0)
+
+
+def test_a_checkpoint_from_before_the_fitted_grid_keeps_its_offset_scale():
+    """Such states have no `offset_scale`: their grid spanned the scene, so the scale is
+    max_offset_cells * 2 * bound / tet_resolution, whatever this run's fitted grid is."""
+    from headsculpt_engine.stages.fine import build_fine_stage
+
+    cfg = small_fine_config(1)
+    stage = build_fine_stage(cfg, SpherePrior(radius=0.42), None, "cpu", colour=TinyColour())
+    fitted = float(stage.geometry.offset_scale)
+    state = stage.state_dict()
+    del state["geometry"]["offset_scale"]
+    stage.load_state_dict(state)
+    expected = cfg.fine.max_offset_cells * 2.0 * cfg.coarse.bound / cfg.fine.tet_resolution
+    assert float(stage.geometry.offset_scale) == pytest.approx(expected) and fitted < 0.7 * expected
