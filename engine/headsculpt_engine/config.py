@@ -271,7 +271,7 @@ def preset_config(name: str) -> RunConfig:
         cfg.coarse.grid_log2_table_size, cfg.coarse.grid_finest_resolution = 14, 256
         cfg.coarse.occupancy_grid_resolution, cfg.coarse.warmup_iterations = 32, 2
         # The orientation penalty's density-gradient normals cost six more density evaluations per
-        # sample (about 6x a tiny coarse step on this CPU): left out of the smoke preset.
+        # sample (several times a tiny coarse step's cost on this CPU): left out of the smoke preset.
         cfg.coarse.lambda_orientation = 0.0
         cfg.fine.warmup_iterations = 1
         cfg.fine.ssd_geometry_iterations = cfg.fine.ssd_texture_iterations = 4
