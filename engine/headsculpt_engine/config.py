@@ -35,6 +35,10 @@ class ModelsConfig:
     # Subfolder inside face_controlnet: "diffusion_sd15" for SD 1.5, "" for SD 2.1-base (repo root).
     face_controlnet_subfolder: str = DEFAULT_FACE_CONTROLNET_SUBFOLDER
     ip2p_controlnet: str = DEFAULT_IP2P_CONTROLNET
+    # HeadArtist's base model: SSD runs use it (with the face ControlNet's SD 2.1 weights, at the
+    # repository root) instead of `base` when `base` is the default and it is in the local cache
+    # (guidance/ssd_models.py); "" keeps `base` for SSD too.
+    ssd_base: str = HEADARTIST_BASE_MODEL
     allow_download: bool = False
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     attention_slicing: bool = False
@@ -66,8 +70,9 @@ class GuidanceConfig:
     # branch, which lowers the peak memory of the UNet's activations on small GPUs at some speed.
     batched_cfg: bool = True
     # Back views have an empty landmark map. "none": predict without ControlNet (HeadSculpt);
-    # "oval": draw only the face oval and keep the ControlNet (HeadArtist).
-    back_view_policy: Literal["none", "oval"] = "none"
+    # "oval": draw only the face oval and keep the ControlNet (HeadArtist); "auto": "oval" for SSD,
+    # else "none" (each paper's own).
+    back_view_policy: Literal["auto", "none", "oval"] = "auto"
     prompt_prefix: str = ""
     negative_prompt: str = ""
     # HeadArtist SSD
@@ -75,16 +80,26 @@ class GuidanceConfig:
     ssd_texture_scale: float = 7.5
     ssd_negative_prompt: str = "worst quality, low quality, semi-realistic"
     ssd_geometry_t_max: float = 0.5
-    ssd_texture_t_max: tuple[float, float] = (0.98, 0.7)  # annealed from the first to the second
+    # Texture t_max: the first value, stepping down to the second after `ssd_texture_t_step`
+    # texture iterations (HeadArtist appendix D: 0.98, then 0.7 after 5000 iterations).
+    ssd_texture_t_max: tuple[float, float] = (0.98, 0.7)
+    ssd_texture_t_step: int = 5000
     # HeadSculpt IESD
     edit_scale: float = 0.6  # w_e
     # CFG scale of the edit (instruction) side; the identity side uses guidance_scale. The paper does
-    # not state it; 7.5 is InstructPix2Pix's own default text guidance scale.
-    edit_guidance_scale: float = 7.5
+    # not state it; the authors' code guides both sides with its one text scale, 100 (sd.py `self.gs`).
+    edit_guidance_scale: float = 100.0
     ip2p_scale: float = 1.0  # conditioning scale of the InstructPix2Pix ControlNet
     # How `edit` distils: "iesd" (Eq. 7), or the paper's ablations "b3" (a new fine stage guided by plain
     # SDS with the instruction-altered prompt, no InstructPix2Pix) and "b5" (IESD with w_e = 1).
     edit_mode: Literal["iesd", "b3", "b5"] = "iesd"
+
+    @property
+    def back_views(self) -> Literal["none", "oval"]:
+        """The back-view policy in effect ("auto" resolved by the guidance kind)."""
+        if self.back_view_policy == "auto":
+            return "oval" if self.kind == "ssd" else "none"
+        return self.back_view_policy
 
 
 @dataclass
@@ -95,6 +110,11 @@ class CoarseConfig:
     batch: int = 4
     resolution: int = 64
     lr: float = 1e-3
+    # The hash grid learns at grid_lr_scale * lr, and Adam's epsilon is 1e-15: the authors' code
+    # (network_grid.get_params, main.py), which Table 2's single lr 1e-3 does not show. Hash-grid
+    # entries get sparse, small gradients; Instant-NGP trains them at 1e-2 with eps 1e-15 for that.
+    grid_lr_scale: float = 10.0
+    adam_eps: float = 1e-15
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
     # Hash-grid encoding: 16 levels x 2 features, base resolution 16, 2^19 entries, finest ~2048.
@@ -119,12 +139,22 @@ class CoarseConfig:
     background: Literal["mlp", "random", "white"] = "mlp"
     mesh_resolution: int = 128  # marching-cubes grid of coarse_mesh.obj over [-bound, bound]^3
     prior_sharpness: float = 0.005  # `a` of Eq. 3
-    albedo_warmup: int = 1000  # iterations of albedo-only shading before lighting starts
-    albedo_ratio: float = 0.2  # after warm-up: share of albedo-only iterations
-    textureless_ratio: float = 0.3  # after warm-up: share of normal-shaded (textureless) iterations
-    ambient: float = 0.3
-    lambda_entropy: float = 0.0
-    lambda_orientation: float = 0.0
+    # Shading schedule of the authors' code (nerf/utils.py train_step), shared by the fine stage:
+    # warm-up iterations shade with `warmup_shading` ("normal": the normal map; "albedo": the code's
+    # --albedo), ambient 1, the default background; in the coarse stage a normal warm-up feeds
+    # [normal map, opacity] to the UNet as its 4-channel latent (Fantasia3D), skipping the VAE.
+    warmup_iterations: int = 2000
+    warmup_shading: Literal["normal", "albedo"] = "normal"
+    warmup_as_latent: bool = True
+    # After warm-up: normal-map iterations with this probability, else lambertian; ambient drawn
+    # uniformly from ambient_range each iteration; a random solid background with this probability.
+    normal_ratio: float = 0.2
+    ambient_range: tuple[float, float] = (0.1, 1.0)
+    random_background_ratio: float = 0.5
+    # stable-dreamfusion's regularisers at the authors' weights: binary entropy of the per-sample
+    # weights (log2, its lambda ramped up over the first half of the run) and the orientation penalty.
+    lambda_entropy: float = 5e-4
+    lambda_orientation: float = 5e-4
     # Normals for shading: "predicted" by the MLP head (A.1), or "gradient" = -grad(sigma) by central
     # differences (the shape itself; six more density evaluations per sample).
     shading_normals: Literal["predicted", "gradient"] = "predicted"
@@ -140,17 +170,38 @@ class FineConfig:
     """Fine stage: DMTet refinement (HeadSculpt Sec. 3.1 (2), Table 2, A.1)."""
 
     iterations: int = 5000
+    # HeadArtist's SSD runs instead of this stage: 15,000 geometry then 20,000 texture iterations.
+    ssd_geometry_iterations: int = 15000
+    ssd_texture_iterations: int = 20000
     batch: int = 4
     resolution: int = 512
-    tet_resolution: int = 128
+    # The authors' grid: 256, rescaled to the cube the initial shape occupies plus `grid_margin`
+    # (nerf/renderer.py init_tet: scale = max |v| over occupied vertices + 0.1); `fit_grid` false keeps
+    # the grid on [-bound, bound].
+    tet_resolution: int = 256
+    fit_grid: bool = True
+    grid_margin: float = 0.1
     lr: float = 1e-2  # SDF values and vertex offsets
     color_lr: float = 1e-3
     t_range: tuple[float, float] = (0.02, 0.5)
-    lambda_laplacian: float = 1.0
+    # The authors' code: 0.2 * mean_i ||(L v)_i|| with the uniform graph Laplacian L = D - A.
+    lambda_laplacian: float = 0.2
+    # Mesh normal consistency, mean over shared edges of 1 - cos(angle between the two faces' normals):
+    # off in HeadSculpt's code (lambda_normal 0). HeadArtist's geometry phase weights it 8000 and the
+    # same Laplacian 10000 (its threestudio base has these loss definitions, and the same 0.5 * ||.||^2
+    # distillation loss, so its weights carry over); `stages/ssd.py` uses the ssd_ values.
+    lambda_normal_consistency: float = 0.0
+    ssd_lambda_normal_consistency: float = 8000.0
+    ssd_lambda_laplacian: float = 10000.0
+    # Normal-map iterations before the shading schedule starts (the authors' code keeps its 2000
+    # warm-up iterations in DMTet, rendered as RGB through the VAE).
+    warmup_iterations: int = 2000
     max_offset_cells: float = 0.5  # |dv_i| bounded to this many tet-grid cells
     # DMTet keeps only the cells within this many cells of the initial surface (the full 256 grid holds
-    # 100M tetrahedra); sign flips and offsets can move the surface anywhere inside that band.
-    band_cells: float = 4.0
+    # 100M tetrahedra); sign flips and offsets can move the surface anywhere inside that band. A
+    # deviation from the authors' full grid, for memory (docs/fidelity.md): 12 cells of the fitted
+    # 256 grid are about 0.065 of the normalised frame (head radius 0.7) on either side of the start.
+    band_cells: float = 12.0
     # Coarse density taken as the surface when initialising from a coarse run: tau(0) = 1 / (2a) with
     # a = 0.005 (Eq. 3), the density the prior itself has on its surface.
     density_threshold: float = 100.0
@@ -210,9 +261,15 @@ def preset_config(name: str) -> RunConfig:
     cfg = RunConfig(preset=name)  # type: ignore[arg-type]
     if name == "standard":
         cfg.coarse.iterations, cfg.fine.iterations = 3000, 2000
+        cfg.coarse.warmup_iterations, cfg.fine.warmup_iterations = 900, 800
+        cfg.fine.ssd_geometry_iterations, cfg.fine.ssd_texture_iterations = 5000, 7000
+        cfg.guidance.ssd_texture_t_step = 1750
     elif name == "draft":
         cfg.coarse.iterations, cfg.fine.iterations = 1000, 500
-        cfg.fine.resolution, cfg.fine.tet_resolution = 256, 64
+        cfg.coarse.warmup_iterations, cfg.fine.warmup_iterations = 300, 200
+        cfg.fine.ssd_geometry_iterations, cfg.fine.ssd_texture_iterations = 1000, 1000
+        cfg.guidance.ssd_texture_t_step = 250
+        cfg.fine.resolution, cfg.fine.tet_resolution, cfg.fine.band_cells = 256, 64, 4.0
         cfg.export.texture_size = 1024
     elif name == "tiny":
         # For CPU smoke runs with the tiny random models: every stage runs, in seconds.
@@ -220,9 +277,15 @@ def preset_config(name: str) -> RunConfig:
         cfg.coarse.iterations, cfg.fine.iterations = 6, 4
         cfg.coarse.resolution, cfg.coarse.samples_per_ray = 32, 32
         cfg.coarse.grid_log2_table_size, cfg.coarse.grid_finest_resolution = 14, 256
-        cfg.coarse.occupancy_grid_resolution, cfg.coarse.albedo_warmup = 32, 2
+        cfg.coarse.occupancy_grid_resolution, cfg.coarse.warmup_iterations = 32, 2
+        # The orientation penalty's density-gradient normals cost six more density evaluations per
+        # sample (several times a tiny coarse step's cost on this CPU): left out of the smoke preset.
+        cfg.coarse.lambda_orientation = 0.0
+        cfg.fine.warmup_iterations = 1
+        cfg.fine.ssd_geometry_iterations = cfg.fine.ssd_texture_iterations = 4
+        cfg.guidance.ssd_texture_t_step = 2
         cfg.coarse.checkpoint_every = cfg.coarse.preview_every = 3
-        cfg.fine.resolution, cfg.fine.tet_resolution = 64, 32
+        cfg.fine.resolution, cfg.fine.tet_resolution, cfg.fine.band_cells = 64, 32, 4.0
         cfg.fine.checkpoint_every = cfg.fine.preview_every = 2
         cfg.guidance.resolution = 64
         cfg.export.texture_size, cfg.export.turntable_frames, cfg.export.turntable_resolution = 256, 4, 64

@@ -87,6 +87,17 @@ def _start_record(run_dir: Path, cfg: RunConfig, prior: "HeadPrior", kind: str, 
     return record
 
 
+def _choose_ssd_models(cfg: RunConfig) -> None:
+    """HeadArtist's SD 2.1-base for SSD when it is cached (guidance/ssd_models.py); a note otherwise."""
+    import logging
+
+    from .guidance.ssd_models import ssd_models
+
+    cfg.models, note = ssd_models(cfg.models, cfg.guidance.kind)
+    if note:
+        logging.getLogger("headsculpt").warning(note)
+
+
 def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCallbacks | None = None,
              stages: Iterable[str] = STAGES, coarse_dir: Path | None = None) -> Path:
     """Run (or resume) the given stages in `run_dir`; return the directory with the exported avatar.
@@ -117,6 +128,7 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
         stages = tuple(name for name in stages if name != "coarse")
 
     # Models first: a missing model fails before anything is written.
+    _choose_ssd_models(cfg)
     models = load_diffusion_models(cfg.models, device) if {"coarse", "fine"} & set(stages) else None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -243,6 +255,7 @@ def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
 
     _seed_everything(cfg.seed)
     iesd = method in ("iesd", "b5")
+    _choose_ssd_models(cfg)
     models = load_diffusion_models(cfg.models, device, with_ip2p=iesd)
     if iesd:
         guidance = build_edit_guidance(cfg, models, cfg.prompt, instruction, g.edit_scale)

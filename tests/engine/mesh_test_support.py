@@ -97,5 +97,6 @@ def small_fine_config(iterations: int, checkpoint_every: int = 0):
     cfg.fine.lambda_laplacian = 0.1
     cfg.fine.rasterizer = "torch"
     cfg.fine.checkpoint_every = cfg.fine.preview_every = checkpoint_every
-    cfg.coarse.albedo_ratio, cfg.coarse.textureless_ratio = 1.0, 0.0  # albedo renders: the oracle's targets
+    # Albedo renders on white all through (the warm-up's "albedo" shading): the oracle's targets.
+    cfg.coarse.warmup_shading, cfg.fine.warmup_iterations = "albedo", iterations
     return cfg

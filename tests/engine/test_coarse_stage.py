@@ -36,7 +36,7 @@ def small_config(iterations: int) -> RunConfig:
     c = cfg.coarse
     c.iterations, c.resolution, c.samples_per_ray = iterations, 32, 32
     c.grid_levels, c.grid_log2_table_size, c.grid_finest_resolution = 8, 12, 128
-    c.albedo_warmup = iterations
+    c.warmup_iterations, c.warmup_shading = iterations, "albedo"
     # The paper's 1e-3 needs about twice the iterations to get there; 1e-2 keeps the test short.
     c.lr = 1e-2
     return cfg
@@ -121,23 +121,29 @@ def test_oracle_guidance_trains_the_colours_of_a_painted_flame_head(flame_prior)
 def resume_config(iterations: int) -> RunConfig:
     cfg = small_config(iterations)
     c = cfg.coarse
-    c.resolution, c.samples_per_ray, c.occupancy_update_every, c.albedo_warmup = 16, 16, 3, 2
+    c.resolution, c.samples_per_ray, c.occupancy_update_every, c.warmup_iterations = 16, 16, 3, 2
     c.lambda_entropy, c.lambda_orientation, c.lambda_normal_consistency = 0.01, 0.01, 0.01
     c.checkpoint_every, c.preview_every = 100, 0
     return cfg
 
 
-def trained_stage(prior, iterations: int, out_dir) -> CoarseStage:
+def trained_stage(prior, iterations: int, out_dir, cancel_after: int | None = None) -> CoarseStage:
     cfg = resume_config(iterations)
     guidance = oracle_guidance(painted_target(prior), generator=torch.Generator().manual_seed(1))
     stage = CoarseStage(cfg, prior, guidance, "cpu")
-    run_stage(stage, out_dir, schedule=StageSchedule(checkpoint_every=100, preview_every=0))
+    done = []
+    callbacks = RunCallbacks(on_progress=lambda p: p.iteration and done.append(p.iteration),
+                             should_cancel=lambda: cancel_after is not None and len(done) >= cancel_after)
+    run_stage(stage, out_dir, callbacks, schedule=StageSchedule(checkpoint_every=100, preview_every=0))
     return stage
 
 
 def test_resume_is_bit_identical(prior, tmp_path):
     straight = trained_stage(prior, 8, tmp_path / "straight")
-    trained_stage(prior, 5, tmp_path / "resumed")  # stops after 5, checkpoint written at the end
+    # Cancelled after 5 (the checkpoint is written then), not a shorter run: the entropy weight's ramp
+    # follows the run's total length, as in the authors' code.
+    with pytest.raises(Cancelled):
+        trained_stage(prior, 8, tmp_path / "resumed", cancel_after=5)
     resumed = trained_stage(prior, 8, tmp_path / "resumed")  # resumes for 3 more
     a, b = straight.state_dict(), resumed.state_dict()
     for key, value in a["model"]["field"].items():
@@ -173,6 +179,7 @@ def test_run_coarse_writes_checkpoint_previews_mesh_and_loads_back(prior, tmp_pa
     from PIL import Image
 
     cfg = preset_config("tiny")
+    cfg.coarse.warmup_shading = "albedo"  # the oracle compares RGB pixels; a normal warm-up hands it latents
     result = run_coarse(cfg, prior, oracle_guidance(painted_target(prior)), tmp_path, device="cpu")
     assert result.checkpoint.exists() and result.mesh == tmp_path / "coarse_mesh.obj"
     assert [p.name for p in result.previews] == ["coarse_000003.png", "coarse_000006.png"]

@@ -74,3 +74,14 @@ def test_a_servers_models_win_over_what_a_jobs_preset_implies(tmp_path):
     paper = dict(request, preset="paper")
     assert job_config(paper, ServerOptions(data_dir=tmp_path)).models.base == DEFAULT_BASE_MODEL
     assert job_config(paper, ServerOptions(data_dir=tmp_path, models="tiny")).models.base == "tiny"
+
+
+def test_back_view_policy_follows_each_paper_unless_chosen():
+    """HeadSculpt predicts back views without the landmark ControlNet; HeadArtist's SSD draws the face
+    contour on them."""
+    cfg = preset_config("paper")
+    assert cfg.guidance.back_view_policy == "auto" and cfg.guidance.back_views == "none"
+    cfg.guidance.kind = "ssd"
+    assert cfg.guidance.back_views == "oval"
+    cfg.guidance.back_view_policy = "none"
+    assert cfg.guidance.back_views == "none"

@@ -39,6 +39,9 @@ def test_oracle_guidance_pulls_the_fine_stage_to_its_target(tmp_path):
     before = eval_error(start, target)
 
     cfg = small_config(40)
+    # The target's surface (0.5) is 0.08 out from the prior's (0.42), at the edge of the authors' fitted
+    # grid (extent + 0.1): this test is about the guidance moving the shape, so over the whole scene.
+    cfg.fine.fit_grid = False
     guidance = oracle_guidance(target, generator=torch.Generator().manual_seed(1))
     result = run_fine(cfg, prior, guidance, tmp_path / "fine", colour=TinyColour())
     after = eval_error(result, target)
@@ -92,9 +95,14 @@ def test_empty_initial_surface_is_a_user_error(tmp_path):
         run_fine(small_config(1), SpherePrior(radius=3.0), None, tmp_path, colour=TinyColour())
 
 
-def test_uniform_laplacian_loss():
-    # A flat regular grid: interior vertices have zero Laplacian; lifting one vertex by h gives it
-    # |L|^2 = h^2 and each of its 6 neighbours |L|^2 = (h / deg)^2.
+def test_laplacian_loss_is_the_authors_unsquared_graph_laplacian():
+    """mean_i ||deg_i v_i - sum_j v_j|| (L = D - A), at the authors' weight 0.2. On a flat regular
+    grid the interior vertices have L v = 0; lifting the centre by h gives it ||L v|| = 6h and each of
+    its 6 (interior) neighbours ||L v|| = h, so the loss grows by 12h / N and its gradient on the
+    centre's height is 12 / N (not 2h-proportional, as a squared Laplacian's would be)."""
+    from headsculpt_engine.config import FineConfig
+
+    assert FineConfig().lambda_laplacian == 0.2
     n = 5
     xs, ys = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij")
     verts = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.zeros(n * n)], dim=-1)
@@ -106,11 +114,14 @@ def test_uniform_laplacian_loss():
     faces = torch.tensor(faces)
     flat = laplacian_loss(verts, faces)
     centre = 2 * n + 2
-    lifted = verts.clone()
-    lifted[centre, 2] = 1.0
-    bumped = laplacian_loss(lifted, faces)
-    # Interior vertices of this triangulation have 6 neighbours; the centre's neighbours are interior.
-    assert math.isclose(float(bumped - flat) * n * n, 1.0 + 6 * (1.0 / 6.0) ** 2, rel_tol=1e-5)
+    for h in (0.5, 2.0):
+        lifted = verts.clone()
+        lifted[centre, 2] = h
+        lifted.requires_grad_(True)
+        bumped = laplacian_loss(lifted, faces)
+        bumped.backward()
+        assert math.isclose(float((bumped - flat).detach()) * n * n, 12.0 * h, rel_tol=1e-5)
+        assert math.isclose(float(lifted.grad[centre, 2]) * n * n, 12.0, rel_tol=1e-5)
 
 
 def test_density_to_sdf_recovers_distance_near_a_soft_sphere():
@@ -160,3 +171,88 @@ def test_fine_stage_starts_from_a_coarse_run(tmp_path, monkeypatch):
     cell = 2.0 / 24
     assert abs(float(radii.mean()) - radius) < 0.05 * cell
     assert float((radii - radius).abs().max()) < 0.5 * cell
+
+
+def box_sdf(half: torch.Tensor):
+    """Signed distance (negative inside) of the centred box with half-sizes `half`."""
+    def sdf(points: torch.Tensor) -> torch.Tensor:
+        q = points.abs() - half.to(points)
+        return q.clamp_min(0).norm(dim=-1) + q.amax(dim=-1).clamp_max(0)
+    return sdf
+
+
+def test_fine_grid_is_fitted_to_the_occupied_extent_plus_margin():
+    """The authors' init_tet: the grid's cube is max |v| over occupied points + 0.1 (here within one
+    cell of the 64^3 lattice that finds the extent), at most the scene's bound."""
+    from headsculpt_engine.config import preset_config
+    from headsculpt_engine.mesh.tets import occupied_extent
+    from headsculpt_engine.stages.fine import DMTetGeometry, fine_grid, grid_bound
+
+    cfg = preset_config("tiny")
+    assert preset_config("paper").fine.tet_resolution == 256 and cfg.fine.fit_grid and cfg.fine.grid_margin == 0.1
+    sdf = box_sdf(torch.tensor([0.3, 0.5, 0.2]))
+    extent = occupied_extent(sdf, 1.0)
+    assert 0.5 - 2.0 / 64 <= extent < 0.5
+    bound = grid_bound(cfg, sdf, "cpu")
+    assert bound == pytest.approx(extent + 0.1)
+    grid, values = fine_grid(cfg, sdf, "cpu")
+    assert grid.cell_size == pytest.approx(2 * bound / cfg.fine.tet_resolution)
+    assert float(grid.vertices.abs().max()) <= bound + 1e-6
+    # The surface (the box's largest half-size) lies inside the fitted grid, with sign changes there.
+    assert bool((values < 0).any()) and bool((values > 0).any())
+    assert grid_bound(cfg, box_sdf(torch.tensor([0.95, 0.2, 0.2])), "cpu") == 1.0  # clamped to the scene
+    cfg.fine.fit_grid = False
+    assert grid_bound(cfg, sdf, "cpu") == 1.0
+
+    # A state from a grid fitted to another extent (an edit's parent) brings its offset scale along.
+    cfg.fine.fit_grid = True
+    small = DMTetGeometry(grid, values, cfg.fine.max_offset_cells)
+    with torch.no_grad():
+        small.deform.normal_()
+    cfg.fine.fit_grid = False
+    other = DMTetGeometry(*fine_grid(cfg, sdf, "cpu"), cfg.fine.max_offset_cells)
+    state = small.state_dict()
+    other.resize_like(state)
+    other.load_state_dict(state)
+    assert torch.equal(other.positions(), small.positions())
+
+
+def test_normal_consistency_of_a_folded_pair_and_its_gradient():
+    """Two triangles sharing the edge on the x axis, the second folded by theta: 1 - cos(theta); the
+    open border edges do not count. Flat: 0 with zero gradient."""
+    from headsculpt_engine.stages.fine import normal_consistency_loss
+
+    faces = torch.tensor([[0, 1, 2], [1, 0, 3]])
+    for theta in (0.0, 0.3, 1.2):
+        verts = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.5, 1.0, 0.0],
+                              [0.5, -math.cos(theta), math.sin(theta)]], requires_grad=True)
+        loss = normal_consistency_loss(verts, faces)
+        assert math.isclose(float(loss.detach()), 1.0 - math.cos(theta), abs_tol=1e-6)
+        loss.backward()
+        if theta == 0.0:
+            assert float(verts.grad.abs().max()) < 1e-6
+        else:
+            # Lifting the folded vertex further out of the plane increases the fold.
+            assert float(verts.grad[3, 2]) > 0
+
+
+def test_ssd_geometry_phase_has_headartist_regularisers():
+    from headsculpt_engine.config import FineConfig
+
+    f = FineConfig()
+    assert (f.ssd_lambda_normal_consistency, f.ssd_lambda_laplacian, f.lambda_normal_consistency) == (8000.0, 10000.0, 0.0)
+
+
+def test_a_checkpoint_from_before_the_fitted_grid_keeps_its_offset_scale():
+    """Such states have no `offset_scale`: their grid spanned the scene, so the scale is
+    max_offset_cells * 2 * bound / tet_resolution, whatever this run's fitted grid is."""
+    from headsculpt_engine.stages.fine import build_fine_stage
+
+    cfg = small_fine_config(1)
+    stage = build_fine_stage(cfg, SpherePrior(radius=0.42), None, "cpu", colour=TinyColour())
+    fitted = float(stage.geometry.offset_scale)
+    state = stage.state_dict()
+    del state["geometry"]["offset_scale"]
+    stage.load_state_dict(state)
+    expected = cfg.fine.max_offset_cells * 2.0 * cfg.coarse.bound / cfg.fine.tet_resolution
+    assert float(stage.geometry.offset_scale) == pytest.approx(expected) and fitted < 0.7 * expected

@@ -19,7 +19,8 @@ ITERATIONS = 4
 def small_config(iterations: int = ITERATIONS):
     cfg = preset_config("tiny")
     cfg.guidance.kind = "ssd"
-    cfg.fine.iterations = iterations
+    cfg.fine.iterations = cfg.fine.ssd_geometry_iterations = cfg.fine.ssd_texture_iterations = iterations
+    cfg.guidance.ssd_texture_t_step = iterations // 2
     cfg.fine.resolution = 32
     cfg.fine.tet_resolution = 24
     cfg.fine.batch = 2
@@ -37,8 +38,8 @@ class PhaseSpy:
 
     generator = property(lambda self: self.inner.geometry.generator)
 
-    def set_phase(self, phase, progress=0.0):
-        self.inner.set_phase(phase, progress)
+    def set_phase(self, phase, iteration=0):
+        self.inner.set_phase(phase, iteration)
 
     def t_range(self):
         return self.inner.t_range()
@@ -55,7 +56,8 @@ def oracle_phases(cfg) -> PhaseSpy:
     geometry = oracle_guidance(target, guidance_scale=g.ssd_geometry_scale, generator=gen)
     texture = oracle_guidance(target, guidance_scale=g.ssd_texture_scale, generator=gen)
     geometry.baseline = texture.baseline = "cfg1"  # SSD: eps_cfg - eps_cfg1
-    return PhaseSpy(SsdPhases(geometry, texture, g.t_range[0], g.ssd_geometry_t_max, g.ssd_texture_t_max))
+    return PhaseSpy(SsdPhases(geometry, texture, g.t_range[0], g.ssd_geometry_t_max, g.ssd_texture_t_max,
+                              g.ssd_texture_t_step))
 
 
 def params(folder):
@@ -87,8 +89,7 @@ def test_ssd_generation_phases_touch_only_their_own_parameters(tmp_path):
     geometry_ranges = {t for phase, t, _ in spy.calls if phase == "geometry"}
     assert geometry_ranges == {(0.02, 0.5)}
     texture_t_max = [t[1] for phase, t, _ in spy.calls if phase == "texture"]
-    assert texture_t_max[0] == pytest.approx(0.98) and texture_t_max[-1] == pytest.approx(0.7)
-    assert all(a > b for a, b in zip(texture_t_max, texture_t_max[1:]))
+    assert texture_t_max == pytest.approx([0.98, 0.98, 0.7, 0.7])  # stepped at iteration 2 of 4
 
     # The geometry phase sees normal maps: covered pixels hold unit vectors n / 2 + 1/2.
     for phase, _, images in spy.calls:

@@ -51,16 +51,16 @@ class Phases(Recorder):
         super().__init__()
         self.phases = []
 
-    def set_phase(self, phase, progress=0.0):
-        self.phases.append((phase, progress))
+    def set_phase(self, phase, iteration=0):
+        self.phases.append((phase, iteration))
 
     def t_range(self):
-        return (0.02, 0.98 - 0.28 * self.phases[-1][1])
+        return (0.02, 0.98 - 0.07 * self.phases[-1][1])
 
 
 def test_ssd_phase_follows_the_iteration():
     inner = Phases()
-    guidance = StagedGuidance(inner, ssd_phase="texture", total_iterations=5)
+    guidance = StagedGuidance(inner, ssd_phase="texture")
     cams = orbit_cameras([0.0], width=4, height=4)
 
     def step(iteration):
@@ -68,10 +68,10 @@ def test_ssd_phase_follows_the_iteration():
         guidance(GuidanceInputs(images=torch.zeros(1, 3, 4, 4), cameras=cams, t_range=(0.02, 0.5)))
 
     step(4)
-    assert inner.phases[-1] == ("texture", 1.0)
+    assert inner.phases[-1] == ("texture", 4)
     assert inner.inputs[-1].t_range == pytest.approx((0.02, 0.7))
     step(2)
-    assert inner.phases[-1] == ("texture", 0.5)
+    assert inner.phases[-1] == ("texture", 2)
     assert inner.inputs[-1].t_range == pytest.approx((0.02, 0.84))
     with pytest.raises(ValueError, match="not SSD"):
         StagedGuidance(Recorder(), ssd_phase="geometry")

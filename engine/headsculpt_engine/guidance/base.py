@@ -31,6 +31,9 @@ class GuidanceInputs:
     reference_images: "torch.Tensor | None" = None  # (B, 3, H, W): IESD's M_pi from the same cameras
     t_range: "tuple[float, float] | None" = None  # overrides the guidance's range (fine stage, annealing)
     guidance_scale: "float | None" = None  # overrides the guidance's CFG scale (SSD geometry/texture)
+    # `images` are (B, C, H, W) maps to be used as the latents themselves, resized and mapped to
+    # [-1, 1] (the authors' coarse warm-up feeds [normal map, opacity] this way, as Fantasia3D).
+    as_latent: bool = False
 
 
 @dataclass
@@ -62,6 +65,9 @@ class LatentCodec(Protocol):
     def encode(self, images: "torch.Tensor") -> "torch.Tensor":
         """Differentiable map of (B, 3, H, W) images in [0, 1] to latents."""
 
+    def as_latents(self, maps: "torch.Tensor") -> "torch.Tensor":
+        """(B, C, H, W) maps in [0, 1] taken as latents: resized to the latent size, mapped to [-1, 1]."""
+
 
 class NoisePredictor(Protocol):
     def __call__(self, noisy: "torch.Tensor", timesteps: "torch.Tensor", latents: "torch.Tensor",
@@ -81,6 +87,9 @@ class IdentityCodec:
 
     def encode(self, images: "torch.Tensor") -> "torch.Tensor":
         return images * 2.0 - 1.0
+
+    def as_latents(self, maps: "torch.Tensor") -> "torch.Tensor":
+        return maps * 2.0 - 1.0
 
 
 def sd_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085,

@@ -2,7 +2,8 @@
 
 All noise predictions of one step (unconditional and conditional, identity and edit) go through the
 UNet in ONE batched call; each ControlNet runs once on the rows it conditions and its residuals are
-zero for the other rows, which makes those rows exactly the plain UNet.
+zero for the other rows, which makes those rows exactly the plain UNet. A row conditioned by several
+ControlNets gets the sum of their residuals, as diffusers' MultiControlNetModel adds them.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class VaeCodec:
         self.resolution = resolution
         self.slicing = slicing
         self.scaling_factor = float(vae.config.scaling_factor)
+        self.downsampling = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SD's VAE
 
     def encode(self, images: "torch.Tensor") -> "torch.Tensor":
         import torch
@@ -53,6 +55,13 @@ class VaeCodec:
             chunks = x.split(1) if self.slicing else [x]  # slicing: one image at a time, less memory
             latents = torch.cat([self.vae.encode(c).latent_dist.mean for c in chunks])
             return latents * self.scaling_factor
+
+    def as_latents(self, maps: "torch.Tensor") -> "torch.Tensor":
+        """Maps resized (bilinear, as the authors' code) to the latent size of the guidance resolution."""
+        import torch.nn.functional as F
+
+        size = self.resolution // self.downsampling
+        return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False) * 2.0 - 1.0
 
 
 @dataclass
@@ -67,10 +76,11 @@ class Control:
 
 @dataclass
 class Branch:
-    """One conditioning of the UNet for the whole batch: text embeddings and an optional ControlNet."""
+    """One conditioning of the UNet for the whole batch: text embeddings and the ControlNets (none,
+    one or several, whose residuals add up) that condition its rows."""
 
     embeddings: "torch.Tensor"  # (B, L, D)
-    control: Control | None = None
+    controls: tuple[Control, ...] = ()
 
 
 class ControlledUNet:
@@ -96,7 +106,7 @@ class ControlledUNet:
         steps = timesteps.repeat(count)
         embeddings = torch.cat([b.embeddings for b in branches]).to(dtype)
         down, mid = None, None
-        for model in dict.fromkeys(b.control.model for b in branches if b.control is not None):
+        for model in dict.fromkeys(c.model for b in branches for c in b.controls):
             rows, images, scale = self._rows(branches, model, batch)
             if rows.numel() == 0:
                 continue
@@ -118,13 +128,13 @@ class ControlledUNet:
 
         rows, images, scales = [], [], set()
         for index, branch in enumerate(branches):
-            control = branch.control
-            if control is None or control.model is not model:
-                continue
-            active = control.active.cpu().nonzero().flatten()
-            rows.append(active + index * batch)
-            images.append(control.image[active.to(control.image.device)])
-            scales.add(float(control.scale))
+            for control in branch.controls:
+                if control.model is not model:
+                    continue
+                active = control.active.cpu().nonzero().flatten()
+                rows.append(active + index * batch)
+                images.append(control.image[active.to(control.image.device)])
+                scales.add(float(control.scale))
         if len(scales) > 1:
             raise ValueError("One ControlNet must have one conditioning scale within a step.")
         return torch.cat(rows), torch.cat(images), scales.pop()
@@ -162,7 +172,7 @@ class LandmarkPredictor:
         prompts = self.models.prompts
         cond = prompts.embed(prompts.view_prompts(self.prompt, views))
         uncond = prompts.embed([self.negative_prompt] * len(views))
-        control = None
+        controls: tuple[Control, ...] = ()
         if inputs.landmark_maps is not None:
             maps = resize(inputs.landmark_maps.to(self.models.device).float(), self.resolution)
             active = torch.ones(len(views), dtype=torch.bool)
@@ -170,8 +180,8 @@ class LandmarkPredictor:
                 empty = maps.flatten(1).amax(dim=1).cpu() <= 0
                 back = torch.tensor([v == "back" for v in views])
                 active = ~(empty | back)
-            control = Control(self.models.face_controlnet, maps, active, self.controlnet_scale)
-        return [Branch(uncond, control), Branch(cond, control)]
+            controls = (Control(self.models.face_controlnet, maps, active, self.controlnet_scale),)
+        return [Branch(uncond, controls), Branch(cond, controls)]
 
     def __call__(self, noisy, timesteps, latents, inputs: GuidanceInputs) -> NoisePrediction:
         uncond, cond = self.unet(noisy, timesteps, self.branches(inputs))
@@ -194,9 +204,14 @@ class BlendedPrediction:
 
 
 class EditPredictor:
-    """IESD's two predictions through the same UNet in one call: the identity side (original prompt,
-    landmark ControlNet) and the edit side (instruction, InstructPix2Pix ControlNet conditioned on the
-    pre-edit avatar's render from the same camera, `GuidanceInputs.reference_images`)."""
+    """IESD's two predictions (HeadSculpt Eq. 7) through the same UNet in one call, BOTH conditioned on
+    both ControlNets: the landmark ControlNet C(P) on the landmark map, and the InstructPix2Pix
+    ControlNet I(M) on the pre-edit avatar's render from the same camera (`reference_images`).
+    The identity side has the view-dependent original prompt, the edit side the instruction as it is
+    (the authors' code embeds it once, without view words); both sides' unconditional rows take the
+    run's negative prompt, as the authors' code does. Rows whose landmark map the identity predictor
+    leaves uncontrolled (back views under policy "none", empty maps) keep the IP2P ControlNet alone,
+    as the authors' code does on back views."""
 
     def __init__(self, identity: LandmarkPredictor, instruction: str, edit_weight: float,
                  edit_guidance_scale: float, ip2p_scale: float = 1.0):
@@ -216,11 +231,12 @@ class EditPredictor:
         models = self.identity.models
         batch = noisy.shape[0]
         reference = resize(inputs.reference_images.to(models.device).float(), self.identity.resolution)
-        control = Control(models.ip2p_controlnet, reference, torch.ones(batch, dtype=torch.bool), self.ip2p_scale)
-        edit = [Branch(models.prompts.embed([""] * batch), control),
-                Branch(models.prompts.embed([self.instruction] * batch), control)]
-        id_uncond, id_cond, edit_uncond, edit_cond = self.identity.unet(
-            noisy, timesteps, self.identity.branches(inputs) + edit)
-        return BlendedPrediction(identity=NoisePrediction(id_uncond, id_cond),
-                                 edit=NoisePrediction(edit_uncond, edit_cond),
+        ip2p = Control(models.ip2p_controlnet, reference, torch.ones(batch, dtype=torch.bool), self.ip2p_scale)
+        id_uncond, id_cond = self.identity.branches(inputs)
+        controls = id_cond.controls + (ip2p,)
+        edit_cond = models.prompts.embed([self.instruction] * batch)
+        branches = [Branch(id_uncond.embeddings, controls), Branch(id_cond.embeddings, controls),
+                    Branch(id_uncond.embeddings, controls), Branch(edit_cond, controls)]
+        id_u, id_c, edit_u, edit_c = self.identity.unet(noisy, timesteps, branches)
+        return BlendedPrediction(identity=NoisePrediction(id_u, id_c), edit=NoisePrediction(edit_u, edit_c),
                                  edit_weight=self.edit_weight, edit_guidance_scale=self.edit_guidance_scale)

@@ -21,36 +21,38 @@ class SsdPhases(Guidance):
     """HeadArtist's self score distillation in its two phases.
 
     geometry: normal-map renders, CFG `ssd_geometry_scale` (100), t in [t_min, `ssd_geometry_t_max`];
-    texture: CFG `ssd_texture_scale` (7.5) with the SSD negative prompt, t_max annealed linearly from
-    `ssd_texture_t_max[0]` to `[1]` as `progress` goes from 0 to 1.
-    The stage calls `set_phase(...)` (the renders it passes must match: normals for geometry).
+    texture: CFG `ssd_texture_scale` (7.5) with the SSD negative prompt, t_max `ssd_texture_t_max[0]`
+    (0.98) stepping to `[1]` (0.7) from texture iteration `texture_t_step` (5000) on (HeadArtist
+    appendix D).
+    The stage calls `set_phase(phase, iteration)` (the renders it passes must match: normals for geometry).
     """
 
     def __init__(self, geometry: ScoreDistillation, texture: ScoreDistillation, t_min: float,
-                 geometry_t_max: float, texture_t_max: tuple[float, float]):
+                 geometry_t_max: float, texture_t_max: tuple[float, float], texture_t_step: int):
         self.geometry = geometry
         self.texture = texture
         self.t_min = t_min
         self.geometry_t_max = geometry_t_max
         self.texture_t_max = texture_t_max
+        self.texture_t_step = texture_t_step
         self.phase: Phase = "geometry"
-        self.progress = 0.0
+        self.iteration = 0
 
     @property
     def generator(self) -> "torch.Generator | None":
         """The random stream both phases draw from (stages checkpoint it for an exact resume)."""
         return self.geometry.generator
 
-    def set_phase(self, phase: Phase, progress: float = 0.0) -> None:
+    def set_phase(self, phase: Phase, iteration: int = 0) -> None:
         if phase not in ("geometry", "texture"):
             raise ValueError(f"Unknown SSD phase {phase!r}: 'geometry' or 'texture'.")
-        self.phase, self.progress = phase, min(max(progress, 0.0), 1.0)
+        self.phase, self.iteration = phase, max(int(iteration), 0)
 
     def t_range(self) -> tuple[float, float]:
         if self.phase == "geometry":
             return (self.t_min, self.geometry_t_max)
-        start, end = self.texture_t_max
-        return (self.t_min, start + (end - start) * self.progress)
+        before, after = self.texture_t_max
+        return (self.t_min, before if self.iteration < self.texture_t_step else after)
 
     def __call__(self, inputs: GuidanceInputs) -> GuidanceOutput:
         if inputs.t_range is None:
@@ -64,7 +66,7 @@ def _prompt(cfg: "RunConfig", prompt: str | None) -> str:
 
 def _landmark_predictor(cfg: "RunConfig", models: "DiffusionModels", prompt: str, negative: str) -> LandmarkPredictor:
     g = cfg.guidance
-    return LandmarkPredictor(models, prompt, negative, g.resolution, g.back_view_policy, g.controlnet_scale,
+    return LandmarkPredictor(models, prompt, negative, g.resolution, g.back_views, g.controlnet_scale,
                              batched_cfg=g.batched_cfg)
 
 
@@ -102,7 +104,8 @@ def build_guidance(cfg: "RunConfig", models: "DiffusionModels", prompt: str | No
                                  g.ssd_geometry_scale, generator, baseline="cfg1")
         texture = _distillation(cfg, models, _landmark_predictor(cfg, models, text, texture_negative),
                                 g.ssd_texture_scale, generator, baseline="cfg1")
-        return SsdPhases(geometry, texture, g.t_range[0], g.ssd_geometry_t_max, g.ssd_texture_t_max)
+        return SsdPhases(geometry, texture, g.t_range[0], g.ssd_geometry_t_max, g.ssd_texture_t_max,
+                         g.ssd_texture_t_step)
     raise ValueError(f"Unknown guidance kind {g.kind!r}: 'sds' or 'ssd'.")
 
 

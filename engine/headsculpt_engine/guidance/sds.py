@@ -41,7 +41,7 @@ class ScoreDistillation(Guidance):
     def __call__(self, inputs: GuidanceInputs) -> GuidanceOutput:
         import torch
 
-        latents = self.codec.encode(inputs.images)
+        latents = self.codec.as_latents(inputs.images) if inputs.as_latent else self.codec.encode(inputs.images)
         batch = latents.shape[0]
         timesteps = sample_timesteps(batch, inputs.t_range or self.t_range, len(self.alphas_cumprod),
                                      self.generator, latents.device)

@@ -26,19 +26,17 @@ class StagedGuidance(Guidance):
 
     `reference(cameras)` renders the frozen pre-edit avatar; it runs without gradients on exactly the
     cameras of the trained render, at their resolution. `ssd_phase` ("geometry" or "texture") is set on
-    an SSD guidance (`guidance.factory.SsdPhases`) with the stage's progress, and its t range replaces
-    the one the stage passes (the texture phase anneals t_max over the stage).
+    an SSD guidance (`guidance.factory.SsdPhases`) with the stage's iteration, and its t range replaces
+    the one the stage passes (the texture phase steps t_max down at a given iteration).
     The stage calls `start_iteration(i)` before each step (see `stages.refine.RefineStage`).
     """
 
-    def __init__(self, inner: Guidance, reference: ReferenceRenderer | None = None, ssd_phase: str | None = None,
-                 total_iterations: int = 1):
+    def __init__(self, inner: Guidance, reference: ReferenceRenderer | None = None, ssd_phase: str | None = None):
         if ssd_phase is not None and not hasattr(inner, "set_phase"):
             raise ValueError("An SSD phase was given for a guidance that is not SSD.")
         self.inner = inner
         self.reference = reference
         self.ssd_phase = ssd_phase
-        self.total_iterations = total_iterations
         self.start_iteration(0)
 
     @property
@@ -48,7 +46,7 @@ class StagedGuidance(Guidance):
 
     def start_iteration(self, iteration: int) -> None:
         if self.ssd_phase is not None:
-            self.inner.set_phase(self.ssd_phase, iteration / max(self.total_iterations - 1, 1))  # type: ignore[attr-defined]
+            self.inner.set_phase(self.ssd_phase, iteration)  # type: ignore[attr-defined]
 
     def __call__(self, inputs: GuidanceInputs) -> GuidanceOutput:
         import torch

@@ -1,6 +1,6 @@
 """Timings of the mesh side for docs/benchmarks.md ("Fine stage and export"): the rasteriser and the export.
 
-    python -m headsculpt_engine.mesh.benchmark [raster] [export] [export-field] [decimate] [--device cpu|cuda]
+    python -m headsculpt_engine.mesh.benchmark [raster] [export] [export-field] [decimate] [fine-grid] [--device cpu|cuda]
 
 raster: rasterise + interpolate + antialias of icospheres at three sizes (best of 3), with the
 rasteriser the device gets (nvdiffrast on CUDA when installed, else the PyTorch one).
@@ -11,6 +11,10 @@ decimate: the export's mesh hygiene (mesh/hygiene.py) on that ellipsoid written 
 prior's frame: quadric decimation to `export.target_faces` (50,000; best of 3) and the Hausdorff
 distance of the result to the undecimated surface, in prior units (metres) and as a share of the
 prior's bounding-box diagonal.
+
+fine-grid: the paper preset's DMTet grid (256, fitted to the built-in head's extent + 0.1, its band)
+built from the prior's signed distance, then one geometry step (marching tetrahedra, the Laplacian,
+backward): sizes, seconds and the process's peak memory (CPU RSS; CUDA peak allocation on cuda).
 The fine stage's iteration is timed by `headsculpt bench --stage fine`.
 """
 from __future__ import annotations
@@ -123,9 +127,40 @@ def bench_export(head_field: bool, tet_resolution: int = 160, texture: int = 204
           f"{len(files)} files: {total:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + ")")
 
 
+def bench_fine_grid(device: torch.device, band_cells: float | None) -> None:
+    import resource
+
+    from ..config import preset_config
+    from ..prior import builtin_prior
+    from ..stages.fine import DMTetGeometry, fine_grid, grid_bound, laplacian_loss
+
+    cfg = preset_config("paper")
+    if band_cells is not None:
+        cfg.fine.band_cells = band_cells
+    prior = builtin_prior()
+    start = time.perf_counter()
+    bound = grid_bound(cfg, prior.signed_distance, device)
+    grid, sdf = fine_grid(cfg, prior.signed_distance, device)
+    built = time.perf_counter() - start
+    geometry = DMTetGeometry(grid, sdf, cfg.fine.max_offset_cells).to(device)
+    start = time.perf_counter()
+    vertices, faces = geometry.extract()
+    (cfg.fine.lambda_laplacian * laplacian_loss(vertices, faces) + vertices.sum()).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    step = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (Linux)
+    cuda = f", CUDA peak {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB" if device.type == "cuda" else ""
+    print(f"fine grid {cfg.fine.tet_resolution}, half-size {bound:.3f} (cell {grid.cell_size:.5f}), band "
+          f"{cfg.fine.band_cells:g} cells: {grid.vertices.shape[0]} vertices, {grid.tets.shape[0]} tets, built in "
+          f"{built:.1f} s; one geometry step {step:.2f} s ({faces.shape[0]} triangles); peak RSS {rss:.2f} GiB{cuda}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="*", choices=("raster", "export", "export-field", "decimate"), default=["raster", "export"])
+    parser.add_argument("what", nargs="*", choices=("raster", "export", "export-field", "decimate", "fine-grid"),
+                        default=["raster", "export"])
+    parser.add_argument("--band-cells", type=float, default=None, help="fine-grid: band width (default: the preset's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tet-resolution", type=int, default=160, help="export mesh: tet grid (160: ~190k triangles)")
     parser.add_argument("--texture", type=int, default=2048, help="export texture size")
@@ -139,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_export(True, args.tet_resolution, args.texture)
     if "decimate" in args.what:
         bench_decimate(args.tet_resolution)
+    if "fine-grid" in args.what:
+        bench_fine_grid(device, args.band_cells)
     return 0
 
 

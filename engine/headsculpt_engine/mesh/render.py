@@ -33,11 +33,12 @@ def vertex_normals(vertices: "torch.Tensor", faces: "torch.Tensor") -> "torch.Te
 
 def render_mesh(rasterizer: Rasterizer, vertices: "torch.Tensor", faces: "torch.Tensor", cameras: "Cameras",
                 albedo_fn: AlbedoFn, shading: Shading = "albedo", light_dirs: "torch.Tensor | None" = None,
-                ambient: float = 0.3, background: float = 1.0,
+                ambient: float = 0.3, background: "float | torch.Tensor" = 1.0,
                 uv: "torch.Tensor | None" = None) -> tuple["torch.Tensor", "torch.Tensor"]:
     """Images (B, 3, H, W) in [0, 1], antialiased at silhouettes, and coverage masks (B, 1, H, W).
 
     `light_dirs` (B, 3) are unit vectors towards the light; by default the light sits at the camera.
+    `background` is one grey level, or (B, 3) solid colours, one per view.
     `albedo_fn` gets the surface points under the pixels, or, with per-vertex texture coordinates `uv`
     (V, 2) given, their interpolated texture coordinates (a textured mesh).
     """
@@ -64,6 +65,8 @@ def render_mesh(rasterizer: Rasterizer, vertices: "torch.Tensor", faces: "torch.
         diffuse = (normals * light_dirs.to(normals).view(batch, 1, 1, 3)).sum(-1, keepdim=True).clamp_min(0.0)
         colour = colour * (ambient + (1.0 - ambient) * diffuse)
     fg = mask.unsqueeze(-1).to(colour.dtype)
+    if isinstance(background, torch.Tensor):
+        background = background.to(colour).view(batch, 1, 1, 3)
     image = colour * fg + background * (1.0 - fg)
     image = rasterizer.antialias(image, raster, vertices, faces, cameras)
     return image.permute(0, 3, 1, 2).clamp(0.0, 1.0), fg.permute(0, 3, 1, 2)

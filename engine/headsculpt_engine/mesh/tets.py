@@ -81,6 +81,26 @@ class TetGrid:
     resolution: int
 
 
+def occupied_extent(sdf_fn: Callable[["torch.Tensor"], "torch.Tensor"], bound: float = 1.0,
+                    resolution: int = 64, chunk: int = 1 << 18, device=None) -> float:
+    """max |coordinate| over the points of a resolution^3 lattice on [-bound, bound]^3 where `sdf_fn`
+    is negative (inside): the half-size of the centred cube the shape occupies, to within one lattice
+    cell. 0 when nothing is inside."""
+    import torch
+
+    axis = torch.linspace(-bound, bound, resolution + 1)
+    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+    points = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
+    extent = 0.0
+    with torch.no_grad():
+        for i in range(0, points.shape[0], chunk):
+            part = points[i:i + chunk]
+            inside = sdf_fn(part.to(device)).reshape(-1).cpu() < 0
+            if bool(inside.any()):
+                extent = max(extent, float(part[inside].abs().max()))
+    return extent
+
+
 def band_grid(resolution: int, sdf_fn: Callable[["torch.Tensor"], "torch.Tensor"], bound: float = 1.0,
               band_cells: float | None = 3.0, device=None, chunk: int = 1 << 18) -> tuple[TetGrid, "torch.Tensor"]:
     """The grid scaled to [-bound, bound]^3, restricted to cells with a corner within `band_cells`

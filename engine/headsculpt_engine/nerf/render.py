@@ -32,6 +32,7 @@ class RenderSettings:
     ambient: float = 0.3
     shading: str = "albedo"
     perturb: bool = False
+    entropy: bool = False  # also return the mean binary entropy of the kept samples' weights
     orientation: bool = False  # also return the orientation penalty (density-gradient normals)
     normal_consistency: bool = False  # also return the predicted-vs-gradient normal penalty
     gradient_shading: bool = False  # shade with density-gradient normals instead of predicted ones
@@ -41,6 +42,7 @@ class RenderSettings:
 class RenderOutput:
     image: torch.Tensor  # (B, 3, H, W)
     opacity: torch.Tensor  # (B, 1, H, W)
+    entropy: torch.Tensor  # scalar: mean over kept samples of H2(clamp(w_i, 1e-5, 1 - 1e-5)) (0 when off)
     orientation: torch.Tensor  # scalar: mean over rays of sum_i w_i max(0, n_i . d)^2 (0 when off)
     normal_consistency: torch.Tensor  # scalar: mean over rays of sum_i w_i |n_pred - n_grad|^2 (0 when off)
     samples_evaluated: int
@@ -54,6 +56,21 @@ def ray_box(origins: torch.Tensor, dirs: torch.Tensor, bound: float) -> tuple[to
     near = torch.minimum(t0, t1).amax(dim=-1).clamp_min(0.0)
     far = torch.maximum(t0, t1).amin(dim=-1)
     return near, far
+
+
+def weight_entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Mean binary entropy (bits) of per-sample weights clamped to [1e-5, 1 - 1e-5], as the authors'
+    code (stable-dreamfusion) takes it over the samples its ray marcher evaluates (here: the samples
+    in occupied cells). It pushes each weight towards 0 or 1: crisp surfaces, no fog."""
+    w = weights.clamp(1e-5, 1.0 - 1e-5)
+    return (-w * torch.log2(w) - (1 - w) * torch.log2(1 - w)).mean()
+
+
+def orientation_penalty(normals: torch.Tensor, dirs: torch.Tensor, weights: torch.Tensor, rays: int) -> torch.Tensor:
+    """Ref-NeRF's orientation loss as the authors' code has it: sum_i stopgrad(w_i) max(0, n_i . d)^2
+    per ray, averaged over the rays; it penalises visible normals that face away from the camera."""
+    facing = (normals * dirs).sum(-1).clamp_min(0.0) ** 2
+    return (weights.detach() * facing).sum() / rays
 
 
 def shade(shading: str, albedo: torch.Tensor, normals: torch.Tensor, light: torch.Tensor,
@@ -72,8 +89,9 @@ def shade(shading: str, albedo: torch.Tensor, normals: torch.Tensor, light: torc
 
 def render(field: HeadField, grid: OccupancyGrid, background: Background, cameras: Cameras,
            settings: RenderSettings, light_dirs: torch.Tensor | None = None,
-           generator: torch.Generator | None = None) -> RenderOutput:
-    """Render `cameras` (B views of H x W). `light_dirs` (B, 3): unit directions towards the light."""
+           generator: torch.Generator | None = None, background_colours: torch.Tensor | None = None) -> RenderOutput:
+    """Render `cameras` (B views of H x W). `light_dirs` (B, 3): unit directions towards the light;
+    `background_colours` (B, 3): solid colours that replace the background module for these views."""
     batch, height, width, samples = len(cameras), cameras.height, cameras.width, settings.samples
     device = cameras.device
     origins, dirs = cameras.rays()
@@ -112,17 +130,22 @@ def render(field: HeadField, grid: OccupancyGrid, background: Background, camera
     colour = shade(settings.shading, out["albedo"].float(), normals.float(), light, settings.ambient)
     rgb = torch.zeros(rays, 3, device=device).index_add(0, ray_of, weights[:, None] * colour)
     opacity = torch.zeros(rays, device=device).index_add(0, ray_of, weights)
-    bg = background(dirs.view(batch, -1, 3), generator=generator, training=settings.perturb).reshape(-1, 3)
+    if background_colours is None:
+        bg = background(dirs.view(batch, -1, 3), generator=generator, training=settings.perturb).reshape(-1, 3)
+    else:
+        bg = background_colours.to(device).float().repeat_interleave(height * width, dim=0)
     rgb = rgb + (1.0 - opacity[:, None]) * bg
 
-    orientation = consistency = torch.zeros((), device=device)
+    orientation = consistency = entropy = torch.zeros((), device=device)
+    if settings.entropy and weights.numel():
+        entropy = weight_entropy(weights)
     if grad_normals is not None and settings.orientation:
-        facing = (grad_normals.float() * dirs[ray_of]).sum(-1).clamp_min(0.0) ** 2
-        orientation = (weights.detach() * facing).sum() / rays
+        orientation = orientation_penalty(grad_normals.float(), dirs[ray_of], weights, rays)
     if grad_normals is not None and settings.normal_consistency:
         error = ((out["normals"].float() - grad_normals.float()) ** 2).sum(-1)
         consistency = (weights.detach() * error).sum() / rays
 
     image = rgb.view(batch, height, width, 3).permute(0, 3, 1, 2)
-    return RenderOutput(image=image, opacity=opacity.view(batch, 1, height, width), orientation=orientation,
+    return RenderOutput(image=image, opacity=opacity.view(batch, 1, height, width), entropy=entropy,
+                        orientation=orientation,
                         normal_consistency=consistency, samples_evaluated=int(index.numel()))

@@ -24,6 +24,7 @@ from ..nerf.occupancy import OccupancyGrid
 from ..nerf.render import RenderOutput, RenderSettings, render
 from ..profiling import Profiler, profile, section
 from .loop import CHECKPOINT_NAME, RunCallbacks, StageSchedule, load_checkpoint, run_stage
+from .shading import PREVIEW_AMBIENT, draw_lights, draw_shading
 
 MESH_NAME = "coarse_mesh.obj"
 
@@ -53,16 +54,20 @@ class CoarseModel:
 
     def render(self, cameras: Cameras, shading: str = "albedo", light_dirs: torch.Tensor | None = None,
                perturb: bool = False, regularisers: bool = False, gradient_shading: bool | None = None,
-               generator: torch.Generator | None = None) -> RenderOutput:
-        """Render `cameras`; `regularisers` also computes the penalties whose lambdas are > 0."""
+               generator: torch.Generator | None = None, ambient: float = PREVIEW_AMBIENT,
+               background_colours: torch.Tensor | None = None) -> RenderOutput:
+        """Render `cameras`; `regularisers` also computes the penalties whose lambdas are > 0;
+        `background_colours` (B, 3) replace the background module (random solid backgrounds)."""
         c = self.cfg
         if gradient_shading is None:
             gradient_shading = c.shading_normals == "gradient" and shading in ("lambertian", "textureless", "normal")
-        settings = RenderSettings(samples=c.samples_per_ray, bound=c.bound, ambient=c.ambient, shading=shading,
-                                  perturb=perturb, orientation=regularisers and c.lambda_orientation > 0,
+        settings = RenderSettings(samples=c.samples_per_ray, bound=c.bound, ambient=ambient, shading=shading,
+                                  perturb=perturb, entropy=regularisers and c.lambda_entropy > 0,
+                                  orientation=regularisers and c.lambda_orientation > 0,
                                   normal_consistency=regularisers and c.lambda_normal_consistency > 0,
                                   gradient_shading=gradient_shading)
-        return render(self.field, self.grid, self.background, cameras, settings, light_dirs, generator)
+        return render(self.field, self.grid, self.background, cameras, settings, light_dirs, generator,
+                      background_colours)
 
     def state_dict(self) -> dict[str, Any]:
         return {"backend": self.field.backend, "field": self.field.state_dict(),
@@ -106,6 +111,20 @@ class CoarseModel:
         return vertices - self.cfg.bound, faces
 
 
+def entropy_lambda(c: CoarseConfig, iteration: int) -> float:
+    """The entropy weight ramped up linearly over the first half of the run, as the authors' code."""
+    return c.lambda_entropy * min(1.0, 2.0 * iteration / max(c.iterations, 1))
+
+
+def coarse_parameter_groups(model: CoarseModel, c: CoarseConfig) -> list[dict[str, Any]]:
+    """Adam groups as the authors' code (network_grid.get_params): the hash grid at grid_lr_scale * lr,
+    the MLPs (field and background) at lr."""
+    encoding = list(model.field.encoding.parameters())
+    ids = {id(p) for p in encoding}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": encoding, "lr": c.lr * c.grid_lr_scale}, {"params": rest, "lr": c.lr}]
+
+
 @dataclass
 class CoarseResult:
     out_dir: Path
@@ -132,28 +151,12 @@ class CoarseStage:
         with torch.random.fork_rng(devices=[]):  # seeded parameter initialisation, global RNG untouched
             torch.manual_seed(cfg.seed)
             self.model = CoarseModel.create(self.c, prior, self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.c.lr, betas=self.c.betas,
-                                          weight_decay=self.c.weight_decay)
+        self.optimizer = torch.optim.Adam(coarse_parameter_groups(self.model, self.c), betas=self.c.betas,
+                                          eps=self.c.adam_eps, weight_decay=self.c.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
         self.last_samples_evaluated = 0
 
     # --- one step -----------------------------------------------------------------------------------
-
-    def shading_for(self, iteration: int) -> str:
-        """Albedo during warm-up; then a mix of albedo-only, textureless and lambertian iterations."""
-        if iteration < self.c.albedo_warmup:
-            return "albedo"
-        u = float(torch.rand(1, generator=self.generator))
-        if u < self.c.albedo_ratio:
-            return "albedo"
-        if u < self.c.albedo_ratio + self.c.textureless_ratio:
-            return "textureless"
-        return "lambertian"
-
-    def light_dirs(self, cameras: Cameras) -> torch.Tensor:
-        """A random light near each camera's side of the head, as DreamFusion samples it."""
-        jitter = torch.randn(len(cameras), 3, generator=self.generator).to(self.device)
-        return torch.nn.functional.normalize(cameras.positions().float() + 0.5 * jitter, dim=-1)
 
     def step(self, iteration: int) -> float:
         """One iteration; its phases are timed when a `profiling` profiler is active."""
@@ -163,20 +166,23 @@ class CoarseStage:
         with section("render"):
             cameras = sample_cameras(self.cfg.camera, c.batch, c.resolution, c.resolution,
                                      generator=self.generator, device=self.device)
-            shading = self.shading_for(iteration)
-            lights = self.light_dirs(cameras)
-            out = self.model.render(cameras, shading, lights, perturb=True, regularisers=True,
-                                    generator=self.generator)
+            draw = draw_shading(c, iteration, c.warmup_iterations, c.batch, self.generator)
+            lights = draw_lights(cameras.positions(), self.generator)
+            out = self.model.render(cameras, draw.shading, lights, perturb=True, regularisers=True,
+                                    generator=self.generator, ambient=draw.ambient,
+                                    background_colours=draw.background)
         self.last_samples_evaluated = out.samples_evaluated
         with section("guidance"):
             g = self.cfg.guidance.resolution
-            landmarks = self.prior.landmark_maps(cameras.with_size(g, g), policy=self.cfg.guidance.back_view_policy)
-            guided = self.guidance(GuidanceInputs(images=out.image, cameras=cameras,
+            landmarks = self.prior.landmark_maps(cameras.with_size(g, g), policy=self.cfg.guidance.back_views)
+            # A normal warm-up as the authors' code does it: [normal map, opacity] is the latent itself.
+            as_latent = draw.warmup and draw.shading == "normal" and c.warmup_as_latent
+            images = torch.cat([out.image, out.opacity], dim=1) if as_latent else out.image
+            guided = self.guidance(GuidanceInputs(images=images, cameras=cameras, as_latent=as_latent,
                                                   landmark_maps=landmarks.to(self.device)))
             loss = guided.loss
             if c.lambda_entropy > 0:
-                o = out.opacity.clamp(1e-5, 1.0 - 1e-5)
-                loss = loss + c.lambda_entropy * (-(o * o.log() + (1 - o) * (1 - o).log())).mean()
+                loss = loss + entropy_lambda(c, iteration) * out.entropy
             if c.lambda_orientation > 0:
                 loss = loss + c.lambda_orientation * out.orientation
             if c.lambda_normal_consistency > 0:

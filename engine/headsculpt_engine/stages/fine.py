@@ -17,6 +17,7 @@ import torch
 from ..errors import InputError
 from ..profiling import section
 from .loop import RunCallbacks, StageSchedule, run_stage
+from .shading import PREVIEW_AMBIENT, ShadingDraw, draw_lights, draw_shading
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -46,7 +47,9 @@ class FineResult:
 
 
 def laplacian_loss(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Mean squared uniform Laplacian: |v_i - mean of its edge neighbours|^2 over the vertices."""
+    """The authors' mesh Laplacian (nerf/renderer.py laplacian_smooth_loss): mean_i ||(L v)_i|| with
+    the uniform graph Laplacian L = D - A, (L v)_i = deg_i v_i - sum of its edge neighbours; not
+    squared, so its pull does not fade as the surface smooths out."""
     faces = faces.long()
     src = torch.cat([faces[:, 0], faces[:, 1], faces[:, 2], faces[:, 1], faces[:, 2], faces[:, 0]])
     dst = torch.cat([faces[:, 1], faces[:, 2], faces[:, 0], faces[:, 0], faces[:, 1], faces[:, 2]])
@@ -55,9 +58,28 @@ def laplacian_loss(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     keys = torch.unique(src * n + dst)
     src, dst = keys // n, keys % n
     total = torch.zeros_like(vertices).index_add(0, src, vertices[dst])
-    degree = torch.bincount(src, minlength=n).clamp_min(1).unsqueeze(-1)
-    lap = vertices - total / degree
-    return lap.pow(2).sum(-1).mean()
+    degree = torch.bincount(src, minlength=n).unsqueeze(-1).to(vertices)
+    lap = degree * vertices - total
+    # sqrt at 0 has an infinite derivative: a vertex exactly at its neighbours' mean gets gradient 0.
+    return torch.sqrt(lap.pow(2).sum(-1).clamp_min(1e-24)).mean()
+
+
+def normal_consistency_loss(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Mean over edges shared by two faces of 1 - n0 . n1 (unit face normals): 0 on a flat surface,
+    growing with the fold between neighbouring faces (the authors' and threestudio's definition)."""
+    faces = faces.long()
+    v = vertices[faces]
+    normals = torch.nn.functional.normalize(torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1), dim=-1)
+    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
+    owner = torch.arange(faces.shape[0], device=faces.device).repeat(3)
+    _, inverse, counts = torch.unique(edges, dim=0, return_inverse=True, return_counts=True)
+    order = torch.argsort(inverse, stable=True)
+    shared = counts[inverse[order]] == 2  # edges at an open border have one face: skipped
+    pairs = owner[order][shared].view(-1, 2)
+    if pairs.numel() == 0:
+        return vertices.sum() * 0.0
+    cosine = (normals[pairs[:, 0]] * normals[pairs[:, 1]]).sum(-1).clamp(-1.0, 1.0)
+    return (1.0 - cosine).mean()
 
 
 class DMTetGeometry(torch.nn.Module):
@@ -67,7 +89,9 @@ class DMTetGeometry(torch.nn.Module):
         super().__init__()
         self.register_buffer("base", grid.vertices.float().clone())
         self.register_buffer("tets", grid.tets.long().clone())
-        self.offset_scale = float(max_offset_cells) * grid.cell_size
+        # A buffer, so that a loaded state (an edit's parent, whose grid was fitted to another extent)
+        # brings back the scale its offsets were trained with.
+        self.register_buffer("offset_scale", torch.tensor(float(max_offset_cells) * grid.cell_size))
         self.sdf = torch.nn.Parameter(sdf.float().clone())
         self.deform = torch.nn.Parameter(torch.zeros_like(self.base))
 
@@ -84,6 +108,7 @@ class DMTetGeometry(torch.nn.Module):
         """Match tensor shapes to a saved state (its band may differ from this run's initial one)."""
         self.base = state["base"].clone()
         self.tets = state["tets"].clone()
+        self.offset_scale = state["offset_scale"].clone()
         self.sdf = torch.nn.Parameter(state["sdf"].clone())
         self.deform = torch.nn.Parameter(state["deform"].clone())
 
@@ -109,37 +134,31 @@ class FineStage:
         self._make_optimisers()
 
     def _make_optimisers(self) -> None:
-        betas = tuple(self.cfg.coarse.betas)
+        betas, eps = tuple(self.cfg.coarse.betas), self.cfg.coarse.adam_eps
         self.geometry_opt = torch.optim.Adam([self.geometry.sdf, self.geometry.deform], lr=self.cfg.fine.lr,
-                                             betas=betas)
-        self.colour_opt = torch.optim.Adam(self.colour.parameters(), lr=self.cfg.fine.color_lr, betas=betas)
+                                             betas=betas, eps=eps)
+        self.colour_opt = torch.optim.Adam(self.colour.parameters(), lr=self.cfg.fine.color_lr, betas=betas,
+                                           eps=eps)
 
     # --- rendering -----------------------------------------------------------------------------
 
-    def _shading(self) -> str:
-        c = self.cfg.coarse
-        u = float(torch.rand(1, generator=self.generator))
-        if u < c.albedo_ratio:
-            return "albedo"
-        return "textureless" if u < c.albedo_ratio + c.textureless_ratio else "lambertian"
+    def _draw(self, iteration: int) -> ShadingDraw:
+        """The shared schedule (stages/shading.py) with the fine stage's warm-up length."""
+        return draw_shading(self.cfg.coarse, iteration, self.cfg.fine.warmup_iterations, self.cfg.fine.batch,
+                            self.generator)
 
-    def _light_dirs(self, cameras) -> torch.Tensor:
-        """Random lights in the hemisphere around each camera's direction (as in the coarse stage)."""
-        cam_dir = torch.nn.functional.normalize(cameras.positions().cpu(), dim=-1)
-        jitter = torch.randn(cam_dir.shape, generator=self.generator) * 0.5
-        return torch.nn.functional.normalize(cam_dir + jitter, dim=-1).to(self.device)
-
-    def render(self, cameras, shading: str = "albedo", light_dirs=None):
+    def render(self, cameras, shading: str = "albedo", light_dirs=None, ambient: float = PREVIEW_AMBIENT,
+               background: "float | torch.Tensor" = 1.0):
+        """Renders of the current mesh. The default background is white (the authors' run_dmtet): the
+        silhouette is explicit, so no learned background is needed to keep density out of empty space."""
         from ..mesh.render import render_mesh
 
         vertices, faces = self.geometry.extract()
         if faces.shape[0] == 0:
             raise InputError("The fine stage's surface vanished (the SDF has one sign everywhere); "
                              "start again from the coarse run or lower fine.lr.")
-        # A plain white background: the mesh's silhouette is explicit, so a learned background (as the
-        # coarse NeRF has) is not needed to keep density out of empty space.
         images, _ = render_mesh(self.rasterizer, vertices, faces, cameras, self.colour.albedo, shading,
-                                light_dirs, ambient=self.cfg.coarse.ambient)
+                                light_dirs, ambient=ambient, background=background)
         return images, vertices, faces
 
     # --- TrainableStage ----------------------------------------------------------------------
@@ -155,16 +174,19 @@ class FineStage:
         res = cfg.fine.resolution
         with section("render"):
             cameras = sample_cameras(cfg.camera, cfg.fine.batch, res, res, generator=self.generator).to(self.device)
-            shading = self._shading()
-            light = self._light_dirs(cameras) if shading != "albedo" else None
-            images, vertices, faces = self.render(cameras, shading, light)
+            draw = self._draw(iteration)
+            light = draw_lights(cameras.positions(), self.generator) if draw.shading == "lambertian" else None
+            background = 1.0 if draw.background is None else draw.background
+            images, vertices, faces = self.render(cameras, draw.shading, light, draw.ambient, background)
         with section("guidance"):
-            landmark_maps = self.prior.landmark_maps(cameras, policy=cfg.guidance.back_view_policy)
+            landmark_maps = self.prior.landmark_maps(cameras, policy=cfg.guidance.back_views)
             out = self.guidance(GuidanceInputs(images=images, cameras=cameras, landmark_maps=landmark_maps,
                                                t_range=tuple(cfg.fine.t_range)))
             loss = out.loss
             if cfg.fine.lambda_laplacian > 0:
                 loss = loss + cfg.fine.lambda_laplacian * laplacian_loss(vertices, faces)
+            if cfg.fine.lambda_normal_consistency > 0:
+                loss = loss + cfg.fine.lambda_normal_consistency * normal_consistency_loss(vertices, faces)
         with section("backward"):
             self.geometry_opt.zero_grad(set_to_none=True)
             self.colour_opt.zero_grad(set_to_none=True)
@@ -185,6 +207,10 @@ class FineStage:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         geometry = {k: v.to(self.device) for k, v in state["geometry"].items()}
+        if "offset_scale" not in geometry:  # saved before the fitted grid: the grid spanned the scene
+            f = self.cfg.fine
+            geometry["offset_scale"] = torch.tensor(f.max_offset_cells * 2.0 * self.cfg.coarse.bound / f.tet_resolution,
+                                                    device=self.device)
         if any(geometry[k].shape != v.shape for k, v in self.geometry.state_dict().items()):
             self.geometry.resize_like(geometry)
             self._make_optimisers()
@@ -248,6 +274,27 @@ def _initial_fields(cfg: "RunConfig", prior, coarse_dir: Path | None, device, co
     return colour, prior.signed_distance
 
 
+def grid_bound(cfg: "RunConfig", sdf_fn: Callable[[torch.Tensor], torch.Tensor], device) -> float:
+    """Half-size of the tet grid's cube: the occupied extent of the initial shape plus the margin (the
+    authors' init_tet), at most the scene's bound (the colour field is defined only inside it); the
+    scene's bound when `fine.fit_grid` is off or nothing is inside."""
+    from ..mesh.tets import occupied_extent
+
+    bound = cfg.coarse.bound
+    if not cfg.fine.fit_grid:
+        return bound
+    extent = occupied_extent(sdf_fn, bound, device=device)
+    return min(bound, extent + cfg.fine.grid_margin) if extent > 0 else bound
+
+
+def fine_grid(cfg: "RunConfig", sdf_fn: Callable[[torch.Tensor], torch.Tensor], device):
+    """The tet grid (a band around the initial surface) and the initial SDF at its vertices."""
+    from ..mesh.tets import band_grid
+
+    return band_grid(cfg.fine.tet_resolution, sdf_fn, bound=grid_bound(cfg, sdf_fn, device),
+                     band_cells=cfg.fine.band_cells, device=device)
+
+
 def build_fine_stage(cfg: "RunConfig", prior, guidance: "Guidance | None", device="cpu",
                      coarse_dir: Path | None = None, colour=None, stage_class: type | None = None,
                      **options: Any) -> FineStage:
@@ -255,12 +302,9 @@ def build_fine_stage(cfg: "RunConfig", prior, guidance: "Guidance | None", devic
 
     `stage_class` (a FineStage subclass) and its `options` let the SSD phases and edits reuse it.
     """
-    from ..mesh.tets import band_grid
-
     device = torch.device(device)
     colour, sdf_fn = _initial_fields(cfg, prior, coarse_dir, device, colour)
-    grid, sdf = band_grid(cfg.fine.tet_resolution, sdf_fn, bound=cfg.coarse.bound, band_cells=cfg.fine.band_cells,
-                          device=device)
+    grid, sdf = fine_grid(cfg, sdf_fn, device)
     if not bool((sdf < 0).any()) or not bool((sdf > 0).any()):
         raise InputError("The initial shape has no surface inside the fine stage's grid; check the prior "
                          "(it must be a closed head inside the unit sphere once normalised) or the coarse run.")

@@ -8,8 +8,9 @@ All of them are the DMTet fine stage (`stages.fine.FineStage`) with a few knobs 
 - a fixed shading: normal maps for SSD geometry (HeadArtist distils geometry from normal renders),
   albedo for texture phases (with the shape fixed, shaded renders would only dim the colour gradient);
 - the starting point: another run's fine checkpoint (the parent of an edit, or the geometry phase);
-- M_pi for IESD: a frozen copy of the starting avatar renders each step's cameras with the same
-  shading and light as the trained render, and `StagedGuidance` hands it to the guidance.
+- M_pi for IESD: a frozen copy of the starting avatar renders each step's cameras in albedo on white,
+  as the authors' code renders its frozen copy (`copy_model.run_dmtet(..., shading="albedo")` when
+  editing from the fine stage, their `--fine_edit`), and `StagedGuidance` hands it to the guidance.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 from ..guidance.staged import StagedGuidance
 from ..profiling import section
 from .fine import FineResult, FineStage, build_fine_stage
+from .shading import ShadingDraw
 from .loop import CHECKPOINT_NAME, RunCallbacks, StageSchedule, load_checkpoint, run_stage
 
 if TYPE_CHECKING:
@@ -35,13 +37,11 @@ PARAMETER_GROUPS = ("sdf", "offsets", "colour")
 class FrozenAvatar:
     """A finished avatar that only renders: its mesh extracted once, its colour field a frozen copy."""
 
-    def __init__(self, vertices: torch.Tensor, faces: torch.Tensor, colour: torch.nn.Module, rasterizer,
-                 ambient: float):
+    def __init__(self, vertices: torch.Tensor, faces: torch.Tensor, colour: torch.nn.Module, rasterizer):
         self.vertices = vertices
         self.faces = faces
         self.colour = colour
         self.rasterizer = rasterizer
-        self.ambient = ambient
 
     @classmethod
     def from_stage(cls, stage: FineStage) -> "FrozenAvatar":
@@ -49,14 +49,14 @@ class FrozenAvatar:
             vertices, faces = stage.geometry.extract()
         # The prior (which a HeadField keeps for its density) is read-only and large: share it.
         colour = copy.deepcopy(stage.colour, {id(stage.prior): stage.prior}).requires_grad_(False).eval()
-        return cls(vertices.detach(), faces.detach(), colour, stage.rasterizer, stage.cfg.coarse.ambient)
+        return cls(vertices.detach(), faces.detach(), colour, stage.rasterizer)
 
-    def render(self, cameras: "Cameras", shading: str = "albedo", light_dirs: torch.Tensor | None = None) -> torch.Tensor:
+    def render(self, cameras: "Cameras") -> torch.Tensor:
+        """Albedo renders on white."""
         from ..mesh.render import render_mesh
 
         with torch.no_grad(), section("render"):
-            images, _ = render_mesh(self.rasterizer, self.vertices, self.faces, cameras, self.colour.albedo,
-                                    shading, light_dirs, ambient=self.ambient)  # type: ignore[arg-type]
+            images, _ = render_mesh(self.rasterizer, self.vertices, self.faces, cameras, self.colour.albedo)
         return images
 
 
@@ -71,13 +71,13 @@ class RefineStage(FineStage):
             raise ValueError(f"train must name some of {', '.join(PARAMETER_GROUPS)}, not {sorted(train)}.")
         if guidance is not None and (reference or ssd_phase):
             guidance = StagedGuidance(guidance, reference=self.reference_images if reference else None,
-                                      ssd_phase=ssd_phase, total_iterations=cfg.fine.iterations)
+                                      ssd_phase=ssd_phase)
         super().__init__(cfg, prior, guidance, colour, geometry, device)
         self.name = name
         self.train = train
         self.fixed_shading = shading
         self.reference: FrozenAvatar | None = None  # set by `run_refine` once the start is loaded
-        self._last_render: tuple[Any, str, Any] | None = None
+        self._last_cameras: Any = None
         self._freeze()
 
     def _freeze(self) -> None:
@@ -85,22 +85,23 @@ class RefineStage(FineStage):
         self.geometry.deform.requires_grad_("offsets" in self.train)
         self.colour.requires_grad_("colour" in self.train)
 
-    def _shading(self) -> str:
-        return self.fixed_shading or super()._shading()
+    def _draw(self, iteration: int) -> ShadingDraw:
+        if self.fixed_shading is None:
+            return super()._draw(iteration)
+        return ShadingDraw(self.fixed_shading, 1.0, False, None)
 
-    def render(self, cameras, shading: str = "albedo", light_dirs=None):
-        self._last_render = (cameras, shading, light_dirs)
-        return super().render(cameras, shading, light_dirs)
+    def render(self, cameras, *args, **kwargs):
+        self._last_cameras = cameras
+        return super().render(cameras, *args, **kwargs)
 
     def reference_images(self, cameras: "Cameras") -> torch.Tensor:
-        """M_pi: the starting avatar rendered like the trained render of this step (same cameras,
-        resolution, shading and light)."""
-        if self.reference is None or self._last_render is None:
+        """M_pi: the starting avatar in albedo from the cameras (and at the size) of this step's
+        trained render."""
+        if self.reference is None or self._last_cameras is None:
             raise RuntimeError("The reference avatar is rendered only after the trained render of a step.")
-        last_cameras, shading, light_dirs = self._last_render
-        if cameras is not last_cameras:
+        if cameras is not self._last_cameras:
             raise RuntimeError("M_pi must come from the cameras of the trained render.")
-        return self.reference.render(cameras, shading, light_dirs)
+        return self.reference.render(cameras)
 
     def step(self, iteration: int) -> float:
         if isinstance(self.guidance, StagedGuidance):
