@@ -40,12 +40,15 @@ def addon(bpy):
 
 @pytest.fixture
 def scene(bpy, addon):
-    """An empty scene; the engine set to `remote` with no URL until a test sets one."""
+    """An empty scene; the engine set to `remote` with no URL until a test sets one, and the other
+    preferences back at their defaults (a test that changes them does not change the next one's)."""
     from headsculpt_blender import jobs, preferences
 
     bpy.ops.wm.read_homefile(use_empty=True)
     prefs = preferences.preferences()
     prefs.engine_mode, prefs.remote_url, prefs.remote_token = "remote", "", ""
+    prefs.engine_python = prefs.data_dir = prefs.models_folder = prefs.extra_args = ""
+    prefs.models = "default"
     yield bpy.context.scene
     jobs.shutdown()
 

@@ -25,6 +25,8 @@ def ssd_models(models: ModelsConfig, kind: str,
     if cached(models.ssd_base, CONFIG_FILES["base"]) and cached(models.face_controlnet, CONFIG_FILES["controlnet"]):
         return dataclasses.replace(models, base=models.ssd_base, face_controlnet_subfolder=""), None
     return models, (f"HeadArtist's SSD uses {models.ssd_base} with the face ControlNet's SD 2.1 weights, which are "
-                    f"not in the local model cache, so this run uses {models.base}. Download them (huggingface-cli "
-                    f"download {models.ssd_base}; {models.face_controlnet}) for the paper's setting, or set "
-                    f"models.ssd_base= to keep {models.base} without this note.")
+                    f"not in the local model cache, so this run uses {models.base}. For the paper's setting, get "
+                    f"them with `headsculpt download-models --models {models.ssd_base}` and `hf download "
+                    f"{models.face_controlnet} config.json diffusion_pytorch_model.safetensors` (the repository's "
+                    f"root holds the SD 2.1 weights), or set models.ssd_base= to keep {models.base} without this "
+                    "note.")
