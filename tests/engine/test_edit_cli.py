@@ -26,7 +26,8 @@ def headsculpt(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def ssd_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "ssd"
-    headsculpt("generate", "--prompt", "a head of an old man", "--guidance", "ssd", *TINY, "--out", str(run))
+    headsculpt("generate", "--prompt", "a head of an old man", "--guidance", "ssd", *TINY,
+               "--set", "fine.ssd_geometry_iterations=2", "--set", "fine.ssd_texture_iterations=2", "--out", str(run))
     return run
 
 

@@ -3,6 +3,7 @@ visibility and back-view policies, the built-in head, and the `landmarks` comman
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -166,9 +167,10 @@ def test_landmarks_command_writes_maps_sheet_and_json(tmp_path, base_prior):
 
 def test_detection_keeps_mediapipes_native_log_lines_off_the_console(tmp_path, flame_template):
     """MediaPipe's C++ core writes TensorFlow Lite and absl lines straight to stderr; a run shows none."""
+    env = dict(os.environ, HEADSCULPT_CACHE_DIR=str(tmp_path / "cache"))  # no cached landmarks: MediaPipe runs
     result = subprocess.run([sys.executable, "-m", "headsculpt_engine", "landmarks", "--prior", str(flame_template),
                              "--out", str(tmp_path / "marks"), "--size", "128"], capture_output=True, text=True,
-                            timeout=300)
+                            timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert "running MediaPipe FaceMesh" in result.stdout and "landmarks found" in result.stdout
     assert result.stderr == ""

@@ -29,23 +29,23 @@ class CleanMesh:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def component_labels(faces: np.ndarray, n_vertices: int) -> np.ndarray:
-    """Per face, the id of its connected component (faces joined through shared vertices)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def component_labels(faces: np.ndarray) -> np.ndarray:
+    """Per face, the id of its connected component: faces joined through shared edges. A piece that
+    touches the rest at a single vertex (a bow-tie) counts as loose, as glTF viewers and trimesh's own
+    `split` see it."""
+    import trimesh
 
     f = np.asarray(faces, dtype=np.int64)
-    rows = np.concatenate([f[:, 0], f[:, 1]])
-    cols = np.concatenate([f[:, 1], f[:, 2]])
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_vertices, n_vertices))
-    _, vertex_label = connected_components(graph, directed=False)
-    return vertex_label[f[:, 0]]
+    if len(f) == 0:
+        return np.zeros(0, dtype=np.int64)
+    adjacency = trimesh.graph.face_adjacency(faces=f)
+    return np.asarray(trimesh.graph.connected_component_labels(adjacency, node_count=len(f)), dtype=np.int64)
 
 
 def drop_small_components(vertices: np.ndarray, faces: np.ndarray, min_share: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Remove components whose bounding-box diagonal is below `min_share` of the whole mesh's (never
     the largest one); returns compacted (vertices, faces, number removed)."""
-    labels = component_labels(faces, len(vertices))
+    labels = component_labels(faces)
     count = int(labels.max()) + 1 if len(labels) else 0
     if count <= 1 or min_share <= 0:
         return vertices, faces, 0
@@ -79,6 +79,10 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
     v, f = fast_simplification.simplify(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int32),
                                         target_count=int(target_faces))
     f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]  # no collapsed triangles
+    # A collapse can also fold two triangles onto the same three vertices (a zero-volume fin whose edges
+    # then have four faces): drop every copy, which leaves those edges with their two proper faces.
+    _, first, counts = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
+    f = f[counts[first.reshape(-1)] == 1]
     v, f = compact(v, f)
     return v.astype(np.float32), f
 
@@ -128,7 +132,7 @@ def clean_mesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int, min_c
     watertight = is_watertight(v, f)
     report = {
         "faces_before": faces_before, "faces": int(len(f)), "vertices": int(len(v)),
-        "target_faces": int(target_faces), "components": int(component_labels(f, len(v)).max()) + 1,
+        "target_faces": int(target_faces), "components": int(component_labels(f).max()) + 1,
         "removed_components": removed + removed_after, "min_component_share": float(min_component_share),
         "watertight": watertight, "prior_watertight": bool(expect_watertight),
         "decimation_hausdorff": deviation, "seconds": time.perf_counter() - started,
