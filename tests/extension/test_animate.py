@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import subprocess
 import sys
@@ -109,6 +110,48 @@ def test_make_animatable_refuses_a_bare_prior(bpy, scene, flame_template):
         bpy.ops.headsculpt.make_animatable()
     assert "nothing to make the avatar animatable with" in scene.headsculpt.last_error
     assert not avatar.vertex_groups and avatar.data.shape_keys is None
+
+
+ENGINE_RIGGED_EXPORT = """
+import sys
+from pathlib import Path
+import torch
+from test_rig_transfer import rigged_head
+from headsculpt_engine.config import preset_config
+from headsculpt_engine.mesh.export import export_avatar
+from headsculpt_engine.prior import load_prior
+from headsculpt_engine.stages.fine import run_fine
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    path, *_ = rigged_head(out)
+    prior = load_prior(path, detect_landmarks=False)
+    cfg = preset_config("tiny")
+    cfg.fine.iterations = 0
+    export_avatar(run_fine(cfg, prior, None, out / "fine", None, torch.device("cpu")), prior, cfg.export,
+                  out / "result", {})
+"""
+
+
+@pytest.mark.slow
+def test_blender_reads_the_engines_rigged_avatar_glb(bpy, scene, tmp_path):
+    """The engine side of point 2, read back by Blender's own glTF importer: an avatar made on a skinned,
+    morph-targeted .glb prior (tests/engine/test_rig_transfer.py) arrives as a mesh on an armature with
+    the prior's shape key. The engine runs in its own process, as it does for the add-on."""
+    tests = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests / "engine"), os.environ.get("PYTHONPATH", "")]))
+    script = tmp_path / "export_rigged.py"
+    script.write_text(ENGINE_RIGGED_EXPORT)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert bpy.ops.import_scene.gltf(filepath=str(tmp_path / "result" / "avatar.glb")) == {"FINISHED"}
+    (armature,) = [o for o in bpy.data.objects if o.type == "ARMATURE"]
+    (avatar,) = [o for o in bpy.data.objects if o.type == "MESH" and o.name.startswith("avatar")]
+    assert [b.name for b in armature.data.bones] == ["root", "neck", "jaw"]
+    assert [k.name for k in avatar.data.shape_keys.key_blocks] == ["Basis", "lower_up"]
+    assert {g.name for g in avatar.vertex_groups} == {"root", "neck", "jaw"}
+    assert any(m.type == "ARMATURE" and m.object == armature for m in avatar.modifiers)
 
 
 @pytest.fixture(scope="module")
@@ -242,31 +285,3 @@ def test_an_avatar_with_its_own_frame_gets_the_keys_in_that_frame(bpy, scene, fl
     make_animatable(bpy, avatar)
     got = np.array([p.co for p in avatar.data.shape_keys.key_blocks["mouth_open"].data]) - local_coordinates(avatar)
     assert np.abs(got[:, 1]).max() == pytest.approx(0.02, abs=2e-4)  # 1 cm in the prior is 2 units here
-
-
-@pytest.mark.slow
-def test_blender_reads_the_engines_rigged_avatar_glb(bpy, scene, tmp_path):
-    """The engine side of point 2, read back by Blender's own glTF importer: an avatar made on a skinned,
-    morph-targeted .glb prior arrives as a mesh on an armature with the prior's shape key."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))  # test_rig_transfer
-    import torch
-    from test_rig_transfer import NAMES, rigged_head
-
-    from headsculpt_engine.config import preset_config
-    from headsculpt_engine.mesh.export import export_avatar
-    from headsculpt_engine.prior import load_prior
-    from headsculpt_engine.stages.fine import run_fine
-
-    path, *_ = rigged_head(tmp_path)
-    prior = load_prior(path, detect_landmarks=False)
-    cfg = preset_config("tiny")
-    cfg.fine.iterations = 0
-    export_avatar(run_fine(cfg, prior, None, tmp_path / "fine", None, torch.device("cpu")), prior, cfg.export,
-                  tmp_path / "result", {})
-    assert bpy.ops.import_scene.gltf(filepath=str(tmp_path / "result" / "avatar.glb")) == {"FINISHED"}
-    (armature,) = [o for o in bpy.data.objects if o.type == "ARMATURE"]
-    (avatar,) = [o for o in bpy.data.objects if o.type == "MESH" and o.name.startswith("avatar")]
-    assert [b.name for b in armature.data.bones] == NAMES
-    assert [k.name for k in avatar.data.shape_keys.key_blocks] == ["Basis", "lower_up"]
-    assert {g.name for g in avatar.vertex_groups} == set(NAMES)
-    assert any(m.type == "ARMATURE" and m.object == armature for m in avatar.modifiers)
