@@ -41,3 +41,21 @@ def _isolated_cache(tmp_path_factory):
     """Tests never write to the user's cache; the session shares one so tiny models are built once."""
     os.environ["HEADSCULPT_CACHE_DIR"] = str(tmp_path_factory.mktemp("headsculpt-cache"))
     yield
+
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config) -> None:
+    """With Blender's bpy module loaded, the interpreter can hang at exit after the summary is printed
+    (bpy's and torch's atexit handlers and threads): end the process with pytest's own exit status
+    once everything is reported, so that a finished run never stalls CI."""
+    if "bpy" in sys.modules and _exit_status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])
