@@ -52,3 +52,16 @@ def scene(bpy, addon):
     yield bpy.context.scene
     jobs.shutdown()
 
+
+
+@pytest.fixture(scope="session")
+def built_zip() -> Path:
+    """The extension zip as `python build.py build` makes it (built once, then checked by Blender's
+    validator)."""
+    pytest.importorskip("bpy", reason="Blender's bpy module is not installed (python build.py setup)")
+    sys.path.insert(0, str(ROOT))
+    try:
+        import build
+    finally:
+        sys.path.remove(str(ROOT))
+    return build.build_extension(Path(sys.executable))

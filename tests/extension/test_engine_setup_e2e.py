@@ -23,17 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SETUP_TIMEOUT_S = 1500  # a first install on the shared 2-core machine, with downloads
 
 
-@pytest.fixture(scope="module")
-def built_zip() -> Path:
-    pytest.importorskip("bpy", reason="Blender's bpy module is not installed (python build.py setup)")
-    sys.path.insert(0, str(ROOT))
-    try:
-        import build
-    finally:
-        sys.path.remove(str(ROOT))
-    return build.build_extension(Path(sys.executable))
-
-
 def artist_environment(home: Path) -> dict[str, str]:
     """This process's environment less everything that points at the checkout or its .venv."""
     env = {name: value for name, value in os.environ.items()

@@ -30,17 +30,6 @@ def run_blender_python(script: str, tmp_path: Path) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-@pytest.fixture(scope="module")
-def built_zip() -> Path:
-    pytest.importorskip("bpy", reason="Blender's bpy module is not installed (python build.py setup)")
-    sys.path.insert(0, str(ROOT))
-    try:
-        import build
-    finally:
-        sys.path.remove(str(ROOT))
-    return build.build_extension(Path(sys.executable))  # builds, then runs Blender's validator
-
-
 def test_zip_passes_the_validator_and_holds_the_package(built_zip):
     import zipfile
 
