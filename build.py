@@ -145,7 +145,7 @@ def cmd_setup(_: list[str]) -> int:
 def cmd_test(args: list[str]) -> int:
     python = ensure_venv()
     env = dict(os.environ, PYTHONPATH=str(ENGINE))
-    return subprocess.run([str(python), "-m", "pytest", "tests", *args], cwd=ROOT, env=env).returncode
+    return subprocess.run([str(python), "-m", "pytest", "tests", "--durations=15", *args], cwd=ROOT, env=env).returncode
 
 
 def cmd_generate(args: list[str]) -> int:
