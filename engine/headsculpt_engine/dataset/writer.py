@@ -83,7 +83,7 @@ class DatasetWriter:
         """dataset.json and views.json for the images that exist, and the contact sheet; the image count."""
         done = [r for r in records if self.has(r)]
         self.images.mkdir(parents=True, exist_ok=True)
-        _save_json(self.images / LABELS_FILE, {"labels": [[r.filename, r.label] for r in done]})
+        _save_json(self.images / LABELS_FILE, {"labels": [[r.filename, r.label] for r in done]}, indent=None)
         _save_json(self.root / VIEWS_FILE, {"settings": self.settings, "images": [
             {"file": f"{IMAGES_DIR}/{r.filename}", "condition": f"{CONDITIONS_DIR}/{r.filename}",
              **{k: v for k, v in asdict(r).items() if k != "label"}} for r in done]})
@@ -118,7 +118,7 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
     os.replace(partial, path)
 
 
-def _save_json(path: Path, data: dict) -> None:
+def _save_json(path: Path, data: dict, indent: int | None = 1) -> None:
     partial = path.with_name(f".{path.name}.part")
-    partial.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    partial.write_text(json.dumps(data, indent=indent), encoding="utf-8")
     os.replace(partial, path)
