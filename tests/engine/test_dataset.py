@@ -169,3 +169,30 @@ def test_from_runs_renders_a_finished_tiny_run_in_its_priors_frame(tmp_path):
         avatar = (image < 250).any(axis=-1)  # on the white background
         # A tiny run stays on its prior: the avatar is rendered in the frame of the prior and the cameras.
         assert (avatar & prior_silhouette).sum() / (avatar | prior_silhouette).sum() > 0.9
+
+
+def test_the_sampler_uses_the_face_controlnet_on_front_views_and_the_plain_unet_on_back_views():
+    """Swapping the face ControlNet for another changes a front view's image and leaves a back view's
+    (given the same non-empty map) exactly as it was: back views are sampled without the ControlNet."""
+    import dataclasses
+
+    from headsculpt_engine.cameras import orbit_cameras
+    from headsculpt_engine.config import preset_config
+    from headsculpt_engine.dataset.sampling import LandmarkSampler, SamplingOptions
+    from headsculpt_engine.models.loading import load_diffusion_models
+
+    cfg = preset_config("tiny")
+    models = load_diffusion_models(cfg.models, "cpu", with_ip2p=True)
+    other = dataclasses.replace(models, face_controlnet=models.ip2p_controlnet)
+    options = SamplingOptions(steps=2, resolution=64)
+    front = orbit_cameras([0.0], 90.0, 1.25, 40.0, 64, 64)
+    back = orbit_cameras([180.0], 90.0, 1.25, 40.0, 64, 64)
+    maps = builtin_prior().landmark_maps(front)
+    assert maps.amax() > 0 and back.view_names() == ["back"]
+
+    def image(which, cameras):
+        return LandmarkSampler(which, options).sample(PROMPTS[0], cameras, maps, seed=7)
+
+    np.testing.assert_array_equal(image(models, front), image(models, front))  # deterministic for a seed
+    assert not np.array_equal(image(models, front), image(other, front))
+    np.testing.assert_array_equal(image(models, back), image(other, back))
