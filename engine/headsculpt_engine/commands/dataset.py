@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .options import add_run_options
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..dataset.sources import PromptSource
 
 SAMPLER_CHOICES = ("dpmsolver", "ddim")
 
@@ -79,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prompt_sources(args: argparse.Namespace, cfg):
+def _prompt_sources(args: argparse.Namespace, cfg: "RunConfig") -> list["PromptSource"]:
     """The prompts on the prior, sharing one sampler whose models load when the first image needs them."""
     from functools import lru_cache
 
