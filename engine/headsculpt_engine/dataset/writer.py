@@ -82,13 +82,13 @@ class DatasetWriter:
     def finish(self, records: list[ImageRecord]) -> int:
         """dataset.json and views.json for the images that exist, and the contact sheet; the image count."""
         done = [r for r in records if self.has(r)]
-        self.images.mkdir(parents=True, exist_ok=True)
+        if not done:  # e.g. the models failed to load before the first image: leave nothing behind
+            return 0
         _save_json(self.images / LABELS_FILE, {"labels": [[r.filename, r.label] for r in done]}, indent=None)
         _save_json(self.root / VIEWS_FILE, {"settings": self.settings, "images": [
             {"file": f"{IMAGES_DIR}/{r.filename}", "condition": f"{CONDITIONS_DIR}/{r.filename}",
              **{k: v for k, v in asdict(r).items() if k != "label"}} for r in done]})
-        if done:
-            _save_png(self.root / CONTACT_SHEET, self._contact_sheet(done[:SHEET_IMAGES]))
+        _save_png(self.root / CONTACT_SHEET, self._contact_sheet(done[:SHEET_IMAGES]))
         return len(done)
 
     def _contact_sheet(self, records: list[ImageRecord]) -> np.ndarray:
