@@ -21,6 +21,7 @@ COMMANDS = [
     "landmarks",
     "bench",
     "evaluate",
+    "dataset",
 ]
 
 

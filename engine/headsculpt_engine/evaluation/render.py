@@ -3,10 +3,16 @@ albedo texture), lit as the turntable is and seen from the turntable's cameras."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..cameras import Cameras
 
 # The radius the engine normalises a head to for training and previews (DESIGN.md, "Coordinate frames").
 NORMALISED_RADIUS = 0.7
@@ -35,13 +41,23 @@ def render_views(result_dir: Path, count: int, size: int = 224) -> list[np.ndarr
     import torch
 
     from ..cameras import turntable_cameras
-    from ..mesh.raster import make_rasterizer
-    from ..mesh.render import render_mesh
 
     vertices, faces, uv, texture = load_textured_mesh(result_dir)
     centre = (vertices.max(axis=0) + vertices.min(axis=0)) / 2
     scale = NORMALISED_RADIUS / max(float(np.linalg.norm(vertices - centre, axis=1).max()), 1e-9)
     points = torch.from_numpy((vertices - centre) * scale)
+    return render_textured(points, faces, uv, texture, turntable_cameras(count, size))
+
+
+def render_textured(points: "torch.Tensor", faces: np.ndarray, uv: np.ndarray, texture: np.ndarray,
+                    cameras: "Cameras") -> list[np.ndarray]:
+    """RGB uint8 views of a textured mesh (`points` in the cameras' frame) from each camera, lit as the
+    turntable is (lambertian, the light at the camera, white background)."""
+    import torch
+
+    from ..mesh.raster import make_rasterizer
+    from ..mesh.render import render_mesh
+
     image = torch.from_numpy(texture).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
 
     def sample_texture(coords: torch.Tensor) -> torch.Tensor:
@@ -50,11 +66,10 @@ def render_views(result_dir: Path, count: int, size: int = 224) -> list[np.ndarr
         return torch.nn.functional.grid_sample(image, grid, align_corners=False).view(3, -1).T
 
     rasterizer = make_rasterizer("cpu", "torch")
-    cameras = turntable_cameras(count, size)
     views = []
     with torch.no_grad():
-        for index in range(count):
-            rendered, _ = render_mesh(rasterizer, points, torch.from_numpy(faces), cameras[[index]],
+        for index in range(len(cameras)):
+            rendered, _ = render_mesh(rasterizer, points.float(), torch.from_numpy(faces), cameras[[index]],
                                       sample_texture, "lambertian", ambient=AMBIENT, uv=torch.from_numpy(uv))
             views.append((rendered[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
     return views
