@@ -78,6 +78,11 @@ def test_bad_counts_and_prompts_get_a_sentence_and_write_nothing(args, expected,
     assert not (tmp_path / "batch").exists()
 
 
+# Shorter runs than the tiny preset's (a shared 2-core machine): a checkpoint at every coarse iteration.
+FEW_ITERATIONS = ("--set", "coarse.iterations=4", "--set", "coarse.checkpoint_every=1", "--set", "fine.iterations=2",
+                  "--set", "export.turntable_frames=2")
+
+
 def interrupt_during_run(manifest: Path, index: int, checkpoint: str, stop: threading.Event) -> None:
     """Press Ctrl-C (SIGINT to this process) once run `index` has written a checkpoint."""
     while not stop.is_set():
@@ -97,7 +102,7 @@ def test_a_batch_of_three_finishes_and_resumes_after_an_interrupt(tmp_path, caps
     attributes = write_json(tmp_path / "attributes.json", ATTRIBUTES)
     out = tmp_path / "batch"
     command = ["batch", "--prompt", TEMPLATE, "--attributes", str(attributes), "--count", "3", "--seed", "5",
-               "--preset", "tiny", "--models", "tiny", "--out", str(out)]
+               "--preset", "tiny", "--models", "tiny", "--out", str(out), *FEW_ITERATIONS]
     stop = threading.Event()
     watcher = threading.Thread(target=interrupt_during_run,
                                args=(out / "batch.json", 2, "coarse/checkpoint.pt", stop), daemon=True)

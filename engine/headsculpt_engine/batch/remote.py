@@ -111,6 +111,8 @@ def run_remote(manifest: Manifest, api: EngineApi, prior_upload: dict, job_field
                                                          prompt=entry.prompt, seed=entry.seed))
             entry.job_id = job["job_id"]
             print(f"{tag(manifest, entry)} submitted as job {entry.job_id}: {entry.prompt}", flush=True)
+        else:
+            print(f"{tag(manifest, entry)} collecting job {entry.job_id} ({job['state']}): {entry.prompt}", flush=True)
         manifest.set_state(entry, "running")
     _wait(manifest, api, todo, poll_s)
     return [entry for entry in manifest.entries if entry.state != "done"]
