@@ -79,8 +79,9 @@ def test_bad_counts_and_prompts_get_a_sentence_and_write_nothing(args, expected,
 
 
 # Shorter runs than the tiny preset's (a shared 2-core machine): a checkpoint at every coarse iteration.
-FEW_ITERATIONS = ("--set", "coarse.iterations=4", "--set", "coarse.checkpoint_every=1", "--set", "fine.iterations=2",
-                  "--set", "export.turntable_frames=2")
+FEW_ITERATIONS = [item for setting in ("coarse.iterations=3", "coarse.checkpoint_every=1", "coarse.mesh_resolution=64",
+                                       "fine.iterations=2", "export.turntable_frames=1", "export.texture_size=64")
+                  for item in ("--set", setting)]
 
 
 def interrupt_during_run(manifest: Path, index: int, checkpoint: str, stop: threading.Event) -> None:
@@ -136,3 +137,20 @@ def test_a_batch_of_three_finishes_and_resumes_after_an_interrupt(tmp_path, caps
         assert record["status"] == "done" and record["prompt"] == run["prompt"] and record["seed"] == 5
         assert (out / run["run"] / "result" / "avatar.glb").is_file()
         assert all(value in run["prompt"] for value in run["attributes"].values())
+
+
+def test_a_folder_holding_another_batch_is_refused(tmp_path, capsys):
+    from headsculpt_engine.batch.manifest import open_manifest
+
+    out = tmp_path / "batch"
+    open_manifest(out, TEMPLATE, ATTRIBUTES, 1, None, draw(TEMPLATE, ATTRIBUTES, 2, seed=1)).save()
+    before = (out / "batch.json").read_text()
+    attributes = write_json(tmp_path / "attributes.json", ATTRIBUTES)
+    code = main(["batch", "--prompt", TEMPLATE, "--attributes", str(attributes), "--count", "2", "--seed", "2",
+                 "--preset", "tiny", "--out", str(out)])
+    assert code == 2 and "holds a batch of another prompt, attribute file, seed or server" in capsys.readouterr().err
+    assert (out / "batch.json").read_text() == before and sorted(p.name for p in out.iterdir()) == ["batch.json"]
+    (out / "batch.json").write_text("{not json")
+    assert main(["batch", "--prompt", TEMPLATE, "--attributes", str(attributes), "--count", "2", "--seed", "1",
+                 "--preset", "tiny", "--out", str(out)]) == 2
+    assert "is not a batch manifest" in capsys.readouterr().err

@@ -12,7 +12,6 @@ from ..errors import InputError
 from .attributes import Variation
 
 MANIFEST_NAME = "batch.json"
-STATES = ("pending", "running", "interrupted", "failed", "done")
 # What identifies a batch: a rerun with other values would mix two batches in one folder.
 IDENTITY = ("template", "attributes", "seed", "server")
 
@@ -72,11 +71,11 @@ def open_manifest(folder: Path, template: str, attributes: dict[str, list[str]],
     manifest = Manifest(Path(folder), template, attributes, seed, server)
     known: dict[int, Entry] = {}
     if manifest.path.exists():
-        data = _read(manifest.path)
+        data, entries = _read(manifest.path)
         if any(data.get(key) != getattr(manifest, key) for key in IDENTITY):
             raise InputError(f"{folder} holds a batch of another prompt, attribute file, seed or server; rerun it "
                              "with the same ones to resume it, or choose another --out folder.")
-        known = {entry.index: entry for entry in (Entry(**run) for run in data["runs"])}
+        known = {entry.index: entry for entry in entries}
     for index, variation in enumerate(variations, start=1):
         entry = known.get(index)
         if entry is None or entry.prompt != variation.prompt:
@@ -85,12 +84,12 @@ def open_manifest(folder: Path, template: str, attributes: dict[str, list[str]],
     return manifest
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path) -> tuple[dict[str, Any], list[Entry]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("kind") != "headsculpt-batch" or not isinstance(data.get("runs"), list):
             raise ValueError
-        return data
-    except (OSError, ValueError, AttributeError):
+        return data, [Entry(**run) for run in data["runs"]]
+    except (OSError, ValueError, AttributeError, TypeError):
         raise InputError(f"{path} is not a batch manifest this engine can read; choose another --out "
                          "folder.") from None
