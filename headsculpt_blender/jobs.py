@@ -200,27 +200,27 @@ def queue_variations(scene, submitted: list[dict], names: list[str]) -> None:
     its avatar's name and its place in the row (0 sits on the prior)."""
     st = state(scene)
     set_job(scene, submitted[0])
-    st.variation_queue = json.dumps([{"job_id": job["job_id"], "prompt": job.get("prompt", ""), "name": name,
-                                      "place": place} for place, (job, name) in
-                                     enumerate(zip(submitted, names)) if place > 0])
+    waiting = [{"job_id": job["job_id"], "prompt": job.get("prompt", ""), "name": name, "place": place}
+               for place, (job, name) in enumerate(zip(submitted, names)) if place > 0]
+    st.variation_queue = json.dumps(waiting) if waiting else ""
 
 
 def queued_job_ids(scene) -> list[str]:
     return [item["job_id"] for item in json.loads(state(scene).variation_queue or "[]")]
 
 
-def next_variation(scene) -> bool:
-    """Make the next queued variation the current job (polling then follows it); False when none waits."""
+def next_variation(scene) -> None:
+    """Make the next queued variation, if any, the current job (polling then follows it)."""
     st = state(scene)
     queue = json.loads(st.variation_queue or "[]")
     if not queue:
-        return False
+        return
     item, st.variation_queue = queue[0], json.dumps(queue[1:]) if queue[1:] else ""
     st.job_id, st.job_state, st.job_stage, st.job_prompt = item["job_id"], "queued", "", item["prompt"]
     st.job_name, st.job_place = item["name"], int(item["place"])
     st.job_iteration = st.job_total = 0
     st.job_eta_s, st.job_updated_at, st.result_object = -1.0, 0.0, None
-    return True
+
 
 def set_job(scene, job: dict) -> None:
     st = state(scene)
