@@ -39,7 +39,8 @@ def template_names(template: str) -> list[str]:
                              "and underscores, such as {age} or {hair_colour}.")
         if name not in names:
             names.append(name)
-    if "{" in PLACEHOLDER.sub("", template) or "}" in PLACEHOLDER.sub("", template):
+    rest = PLACEHOLDER.sub("", template)
+    if "{" in rest or "}" in rest:
         raise InputError("The prompt has an unmatched { or }; write each placeholder as {name}.")
     if not names:
         raise InputError("The prompt has no placeholders: write the attributes to vary as {name}, e.g. "
@@ -59,6 +60,7 @@ def load_attribute_file(path: Path) -> dict[str, list[str]]:
 
 
 def check_attributes(data: object, where: str) -> dict[str, list[str]]:
+    """The mapping of a parsed attribute file, or InputError saying what is wrong with it."""
     if not isinstance(data, dict) or not data:
         raise InputError(f"The attribute file {where} must be a JSON object mapping each placeholder to a list "
                          "of values, e.g. {\"age\": [\"young\", \"old\"]}.")
