@@ -126,14 +126,15 @@ def landmark_refusal(info: dict, name: str) -> str:
     return f"{name} cannot serve as a head prior: {landmarks.get('message') or 'no face was found on it'}"
 
 
-def work_generate(settings: EngineSettings, name: str, vertices, faces, landmark_indices, job: dict) -> dict:
-    """Upload the prior and submit the job; a prior without landmarks is not submitted (the PriorInfo
-    still comes back, so that the badge can say why)."""
+def work_generate(settings: EngineSettings, name: str, vertices, faces, landmark_indices, job_list: list[dict]) -> dict:
+    """Upload the prior once and submit the jobs (one, or one per variation); a prior without landmarks
+    is not submitted (the PriorInfo still comes back, so that the badge can say why)."""
     client, info = work_prior(settings, name, vertices, faces, landmark_indices)
     refusal = landmark_refusal(info, name)
     if refusal:
-        return {"prior": info, "job": None, "refusal": refusal}
-    return {"prior": info, "job": client.submit(dict(job, prior_id=info["prior_id"])), "refusal": ""}
+        return {"prior": info, "jobs": [], "refusal": refusal}
+    return {"prior": info, "jobs": [client.submit(dict(job, prior_id=info["prior_id"])) for job in job_list],
+            "refusal": ""}
 
 
 def work_landmarks(settings: EngineSettings, name: str, vertices, faces, landmark_indices) -> dict:
@@ -145,8 +146,13 @@ def work_submit(settings: EngineSettings, job: dict) -> dict:
     return {"job": connect(settings).submit(job)}
 
 
-def work_cancel(settings: EngineSettings, job_id: str) -> dict:
-    return {"job": connect(settings).cancel(job_id)}
+def work_cancel(settings: EngineSettings, job_id: str, *queued_ids: str) -> dict:
+    """Cancel the job, and the variations queued after it."""
+    client = connect(settings)
+    job = client.cancel(job_id)
+    for queued in queued_ids:
+        client.cancel(queued)
+    return {"job": job}
 
 
 def work_refresh(settings: EngineSettings, job_id: str, seen_update: float, results_dir: Path) -> dict:
@@ -177,7 +183,7 @@ def work_refresh(settings: EngineSettings, job_id: str, seen_update: float, resu
 # -- main-thread side ---------------------------------------------------------------------------------
 
 def begin_job(scene, kind: str, *, prompt: str, seed: int, instruction: str, parent_id: str, prior, source,
-              status: str) -> None:
+              status: str, name: str = "") -> None:
     """Reset the scene's job fields for a submission on its way (it has no engine id yet)."""
     st = state(scene)
     st.job_id, st.job_kind, st.job_state, st.job_stage = "", kind, "submitting", ""
@@ -185,7 +191,35 @@ def begin_job(scene, kind: str, *, prompt: str, seed: int, instruction: str, par
     st.job_eta_s, st.job_updated_at = -1.0, 0.0
     st.job_prompt, st.job_seed, st.job_instruction, st.job_parent_id = prompt, seed, instruction, parent_id
     st.job_prior, st.job_source, st.result_object = prior, source, None
+    st.job_name, st.job_place, st.variation_queue = name, 0, ""
     st.last_error, st.status = "", status
+
+
+def queue_variations(scene, submitted: list[dict], names: list[str]) -> None:
+    """After a submission: the first job is the current one, the others wait in the queue, each with
+    its avatar's name and its place in the row (0 sits on the prior)."""
+    st = state(scene)
+    set_job(scene, submitted[0])
+    waiting = [{"job_id": job["job_id"], "prompt": job.get("prompt", ""), "name": name, "place": place}
+               for place, (job, name) in enumerate(zip(submitted, names)) if place > 0]
+    st.variation_queue = json.dumps(waiting) if waiting else ""
+
+
+def queued_job_ids(scene) -> list[str]:
+    return [item["job_id"] for item in json.loads(state(scene).variation_queue or "[]")]
+
+
+def next_variation(scene) -> None:
+    """Make the next queued variation, if any, the current job (polling then follows it)."""
+    st = state(scene)
+    queue = json.loads(st.variation_queue or "[]")
+    if not queue:
+        return
+    item, st.variation_queue = queue[0], json.dumps(queue[1:]) if queue[1:] else ""
+    st.job_id, st.job_state, st.job_stage, st.job_prompt = item["job_id"], "queued", "", item["prompt"]
+    st.job_name, st.job_place = item["name"], int(item["place"])
+    st.job_iteration = st.job_total = 0
+    st.job_eta_s, st.job_updated_at, st.result_object = -1.0, 0.0, None
 
 
 def set_job(scene, job: dict) -> None:
@@ -255,6 +289,8 @@ def apply_refresh(scene, result: dict) -> None:
     if result["glb"] is not None and st.result_object is None:
         st.result_object = import_result(scene, Path(result["glb"]))
         st.status = f"Imported {st.result_object.name}"
+    if job["state"] == "failed" or st.result_object is not None:
+        next_variation(scene)  # a failed variation keeps its reason in the panel; the others go on
 
 
 def import_result(scene, glb: Path):
@@ -272,7 +308,9 @@ def import_result(scene, glb: Path):
         prior = st.job_prior
         if prior is None:
             raise RuntimeError("the prior object is gone from the scene, so the avatar cannot be placed on it")
-        placement, offset, name, prior_name = prior.matrix_world, (0.0, 0.0, 0.0), "HeadSculpt avatar", prior.name
+        # Variations stand in a row along world X, one prior width apart; the first sits on the prior.
+        offset = (st.job_place * max(prior.dimensions.x, 0.1), 0.0, 0.0)
+        placement, name, prior_name = prior.matrix_world, st.job_name or "HeadSculpt avatar", prior.name
     properties = {PROP_JOB: st.job_id, PROP_KIND: st.job_kind, PROP_PROMPT: st.job_prompt, PROP_SEED: st.job_seed,
                   PROP_PARENT: st.job_parent_id, PROP_INSTRUCTION: st.job_instruction, PROP_PRIOR: prior_name}
     return importer.import_avatar(bpy.context, glb, placement.copy(), name, properties, offset)

@@ -15,6 +15,7 @@ from .preferences import TOKEN_PROP, engine_settings, preferences, setup_env_dir
 from .prior import (FLAME_VERTEX_COUNT, is_flame_counts, load_landmark_indices, mesh_arrays, object_badge,
                     object_counts)
 from .properties import ACTIVE_STATES, PROP_JOB, PROP_PRIOR, PROP_PROMPT, ActiveAvatarPoll, is_avatar, state
+from .variations import prompt_variations
 
 MAX_TEXT = 500  # the engine takes prompts and instructions of 1..500 characters
 BASE_HEAD_NAME = "HeadSculpt base head"
@@ -116,25 +117,31 @@ class HEADSCULPT_OT_generate(_HeadSculptOperator):
         st = state(scene)
         prior = checked_prior(context)
         checked_text(st.prompt, "prompt")
-        prompt = checked_text(full_prompt(st), "prompt")
+        try:
+            variations = prompt_variations(full_prompt(st), st.variations, st.seed)
+        except ValueError as error:
+            raise Refusal(str(error)) from None
+        prompts = [checked_text(variation.prompt, "prompt") for variation in variations]
         checked_idle(scene)
         engine = settings(context)
         vertices, faces, landmarks = prior_payload(context, prior)
-        job = {"kind": "generate", "prompt": prompt, "negative_prompt": st.negative_prompt.strip(),
-               "seed": st.seed, "preset": st.preset, "guidance": st.guidance}
+        job_list = [{"kind": "generate", "prompt": prompt, "negative_prompt": st.negative_prompt.strip(),
+                     "seed": st.seed, "preset": st.preset, "guidance": st.guidance} for prompt in prompts]
+        names = [variation.name for variation in variations]
         key = prior_key(prior)
-        jobs.begin_job(scene, "generate", prompt=prompt, seed=st.seed, instruction="", parent_id="", prior=prior,
-                       source=None, status="Uploading the prior and submitting the job")
+        jobs.begin_job(scene, "generate", prompt=prompts[0], seed=st.seed, instruction="", parent_id="", prior=prior,
+                       source=None, status="Uploading the prior and submitting the job", name=names[0])
 
         def apply(scene, result):
             jobs.remember_prior(scene, key, result["prior"])
             if result["refusal"]:
                 raise EngineError(result["refusal"])
-            jobs.set_job(scene, result["job"])
-            state(scene).status = "Job submitted"
+            jobs.queue_variations(scene, result["jobs"], names)
+            count = len(result["jobs"])
+            state(scene).status = "Job submitted" if count == 1 else f"{count} variations submitted"
 
         jobs.start(scene, "submitting the job", functools.partial(
-            jobs.work_generate, engine, prior.name, vertices, faces, landmarks, job), apply)
+            jobs.work_generate, engine, prior.name, vertices, faces, landmarks, job_list), apply)
         return {"FINISHED"}
 
 
@@ -185,9 +192,10 @@ class HEADSCULPT_OT_cancel(_HeadSculptOperator):
 
         def apply(scene, result):
             jobs.set_job(scene, result["job"])
+            state(scene).variation_queue = ""
 
-        jobs.start(scene, "cancelling the job", functools.partial(jobs.work_cancel, engine, st.job_id), apply,
-                   slot="cancel")
+        jobs.start(scene, "cancelling the job", functools.partial(
+            jobs.work_cancel, engine, st.job_id, *jobs.queued_job_ids(scene)), apply, slot="cancel")
         return {"FINISHED"}
 
 

@@ -67,6 +67,7 @@ class HEADSCULPT_PT_main(_Panel):
         row.prop(st, "seed")
         row.prop(st, "preset", text="")
         box.prop(st, "guidance", text="")
+        box.prop(st, "variations")
 
         row = layout.row(align=True)
         row.scale_y = 1.4

@@ -53,6 +53,9 @@ class HeadSculptSceneState(bpy.types.PropertyGroup):
                                                                       "e.g. \"make him older\"")
     edit_scale: FloatProperty(name="Edit scale", min=0.0, max=1.0, default=0.6,
                               description="w_e: weight of the instruction against the original prompt")
+    variations: IntProperty(name="Variations", min=1, max=16, default=1,
+                            description="How many avatars to make on the prior, side by side: write the "
+                                        "alternatives to vary in the prompt as {young|old}")
 
     # The current job (kept in the file so that polling can resume)
     job_id: StringProperty()
@@ -70,6 +73,11 @@ class HeadSculptSceneState(bpy.types.PropertyGroup):
     job_prior: PointerProperty(type=bpy.types.Object)  # placement: the avatar takes its world matrix
     job_source: PointerProperty(type=bpy.types.Object)  # for edits: the avatar that was edited
     result_object: PointerProperty(type=bpy.types.Object)
+    # Variations: the current job's avatar name and place in the row, and the jobs after it (JSON list
+    # of {"job_id", "prompt", "name", "place"}), imported one after another as the engine finishes them.
+    job_name: StringProperty()
+    job_place: IntProperty()
+    variation_queue: StringProperty()
     last_error: StringProperty()
     status: StringProperty()
 

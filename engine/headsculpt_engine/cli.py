@@ -14,6 +14,7 @@ from .quiet import quiet_console
 COMMANDS = [
     "generate",
     "edit",
+    "batch",
     "learn_token",
     "download_models",
     "make_tiny_models",

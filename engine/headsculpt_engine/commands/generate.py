@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .options import add_run_options
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 def register(subparsers) -> None:
@@ -13,6 +17,18 @@ def register(subparsers) -> None:
         description="Generate a textured head avatar from a prompt: coarse NeRF, fine DMTet, export (.glb, "
                     "OBJ). Running the same command again resumes an interrupted run.")
     parser.add_argument("--prompt", required=True, help='e.g. "a DSLR portrait of Saul Goodman"')
+    add_generation_options(parser)
+    parser.add_argument("--stage", choices=("all", "coarse", "fine", "export"), default="all",
+                        help="run one stage only (default: all)")
+    parser.add_argument("--from-coarse", default=None, metavar="RUN_DIR",
+                        help="start the fine stage from the coarse stage of another run")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="run folder (default: out/<prompt>-seed<seed>); an existing run there is resumed")
+    parser.set_defaults(run=run)
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """What a generation takes besides its prompt, stages and folder; `headsculpt batch` takes them too."""
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--prior", default="builtin",
                         help="head mesh (OBJ, PLY, GLB) used as the shape prior, or 'builtin' for the "
@@ -22,14 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument("--guidance", choices=("sds", "ssd"), default="sds",
                         help="sds: HeadSculpt's landmark-ControlNet score distillation (default); "
                              "ssd: HeadArtist's self score distillation")
-    parser.add_argument("--stage", choices=("all", "coarse", "fine", "export"), default="all",
-                        help="run one stage only (default: all)")
-    parser.add_argument("--from-coarse", default=None, metavar="RUN_DIR",
-                        help="start the fine stage from the coarse stage of another run")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="run folder (default: out/<prompt>-seed<seed>); an existing run there is resumed")
     add_run_options(parser)
-    parser.set_defaults(run=run)
 
 
 def load_prior_option(prior: str, landmark_file: str | None):
@@ -40,15 +49,23 @@ def load_prior_option(prior: str, landmark_file: str | None):
     return load_prior(Path(prior).expanduser(), landmark_file=landmark_file)
 
 
+def generation_config(args: argparse.Namespace) -> "RunConfig":
+    """The run configuration of the options `add_generation_options` declares (all but the prompt)."""
+    from .options import config_from_args
+
+    cfg = config_from_args(args)
+    cfg.negative_prompt = args.negative_prompt
+    cfg.guidance.kind = args.guidance
+    return cfg
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import pipeline
     from ..stages.loop import RunCallbacks
-    from .options import ProgressBars, cancel_on_interrupt, config_from_args, slug
+    from .options import ProgressBars, cancel_on_interrupt, slug
 
-    cfg = config_from_args(args)
+    cfg = generation_config(args)
     cfg.prompt = pipeline.validate_prompt(args.prompt)
-    cfg.negative_prompt = args.negative_prompt
-    cfg.guidance.kind = args.guidance
     run_dir = Path(args.out or Path("out") / f"{slug(cfg.prompt)}-seed{cfg.seed}")
     print(f"Loading the head prior ({args.prior})...", flush=True)
     prior = load_prior_option(args.prior, args.landmark_file)
