@@ -187,19 +187,15 @@ def _cache_mesh(cache: Path, vertices: np.ndarray, faces: np.ndarray, transform:
 def _cached_detection(cache: Path, vertices: np.ndarray, faces: np.ndarray,
                       say: Callable[[str], None]) -> tuple[np.ndarray, LandmarkEmbedding]:
     """(rotation, embedding): the turn of the normalised mesh under which a face was found (the
-    identity when it faces +Z with +Y up) and the landmarks on it, from the cache or detected. The
-    orientation search runs only when detection as given fails."""
+    identity when it faces +Z with +Y up) and the landmarks on it, from the cache or detected
+    (`orientation.py`: the search over orientations runs only when the mesh as given fails)."""
     from .detect import detect_landmarks
-    from .orientation import search_orientation
+    from .orientation import detect_oriented
 
     path, turn_path = cache / "landmarks_detected.npz", cache / "orientation.json"
     if path.exists() and turn_path.exists():
         return np.asarray(json.loads(turn_path.read_text())["rotation"], dtype=np.float64), LandmarkEmbedding.load(path)
-    try:
-        rotation, embedding = np.eye(3), detect_landmarks(vertices, faces, progress=say)
-    except InputError:
-        rotation, embedding = search_orientation(
-            vertices, faces, lambda turned: detect_landmarks(turned, faces, progress=say), say)
+    rotation, embedding = detect_oriented(vertices, faces, lambda turned: detect_landmarks(turned, faces, progress=say), say)
     _atomic_save(turn_path, lambda p: p.write_text(json.dumps({"rotation": rotation.tolist()})))
     _atomic_save(path, embedding.save)
     return rotation, embedding
