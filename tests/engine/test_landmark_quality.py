@@ -121,3 +121,52 @@ def test_face_oval_has_no_long_edge(head):
         assert shown.sum() >= 8, name
         pixels = torch.linalg.norm(xy[view, edges[shown, 0]] - xy[view, edges[shown, 1]], dim=-1).numpy()
         assert pixels.max() <= 2.5 * np.median(pixels), (name, pixels.max() / np.median(pixels))
+
+
+# --- orientation ---------------------------------------------------------------------------------
+
+# File frames the engine must turn back: the head facing +X (a quarter turn about +Y), and upside down.
+TURNS = {"facing +X": np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]),
+         "upside down": np.diag([-1.0, -1.0, 1.0])}
+
+
+@pytest.mark.parametrize("turn", list(TURNS))
+def test_turned_flame_is_detected_and_its_avatar_comes_back_in_the_files_frame(turn, flame_template, flame_prior,
+                                                                              tmp_path):
+    from headsculpt_engine.config import preset_config
+    from headsculpt_engine.mesh.export import export_avatar
+    from headsculpt_engine.stages.fine import run_fine
+
+    turned = TURNS[turn]
+    mesh = load_mesh_file(flame_template)
+    file_vertices = mesh.vertices.astype(np.float64) @ turned.T
+    prior = load_prior(MeshArrays(file_vertices.astype(np.float32), mesh.faces), cache_root=tmp_path / "cache",
+                       sdf_resolution=64)
+    # Found by turning it back, and the turn is kept with the prior.
+    np.testing.assert_allclose(prior.transform.rotation @ turned, np.eye(3), atol=1e-9)
+    prior.save(tmp_path / "saved")
+    info = json.loads((tmp_path / "saved" / "prior.json").read_text())
+    np.testing.assert_allclose(info["transform"]["rotation"], turned.T)
+    # The same landmarks as on the upright file, carried into this file's frame.
+    upright = flame_prior.transform.to_canonical(flame_prior.landmark_points())
+    np.testing.assert_allclose(prior.transform.to_canonical(prior.landmark_points()), upright @ turned.T, atol=1e-5)
+
+    # The avatar: the real fine stage at the tiny preset with no iterations (marching tetrahedra on the
+    # prior's signed distance) and the real export; it must sit on the mesh as the file holds it.
+    cfg = preset_config("tiny")
+    cfg.fine.iterations = 0
+    fine = run_fine(cfg, prior, None, tmp_path / "fine", None, torch.device("cpu"))
+    export_avatar(fine, prior, cfg.export, tmp_path / "result", {"prompt": turn})
+    avatar = trimesh.load(tmp_path / "result" / "avatar.obj", force="mesh", process=False)
+    import igl
+
+    def distance_to(vertices: np.ndarray) -> np.ndarray:
+        squared, _, _ = igl.point_mesh_squared_distance(np.asarray(avatar.vertices, dtype=np.float64), vertices,
+                                                        mesh.faces.astype(np.int64))
+        return np.sqrt(squared)
+
+    on_file = distance_to(file_vertices)
+    cell = 2.0 * cfg.coarse.bound / cfg.fine.tet_resolution / prior.transform.scale  # metres
+    assert np.median(on_file) < 0.5 * cell, (np.median(on_file), cell)
+    # Not left in the engine's upright frame.
+    assert np.median(distance_to(mesh.vertices.astype(np.float64))) > 5.0 * np.median(on_file)
