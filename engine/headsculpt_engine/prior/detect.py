@@ -104,14 +104,19 @@ def lift_views(vertices: np.ndarray, faces: np.ndarray, cameras) -> tuple[list[V
     """Render, run FaceMesh and lift, per camera; returns the lifts and the views they came from."""
     from .render import shade
 
-    images, raster = shade(vertices, faces, cameras)
-    detections = run_facemesh(images)
-    triangle_id = raster.triangle_id.cpu().numpy()
-    bary = raster.barycentric.cpu().numpy()
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)
     normals = face_normals(v, f)
     eyes = cameras.positions().cpu().numpy().astype(np.float64)
+    # Faces turned away from every camera never show (on an open mesh they would only show its
+    # inside through a hole): they are left out of the raster, which is most of detection's time.
+    shown = np.flatnonzero((np.einsum("fd,cd->fc", normals, eyes) - (normals * v[f].mean(axis=1)).sum(1)[:, None]
+                            > 0).any(axis=1))
+    images, raster = shade(vertices, f[shown], cameras)
+    detections = run_facemesh(images)
+    sub_id = raster.triangle_id.cpu().numpy()
+    triangle_id = np.where(sub_id >= 0, shown[sub_id.clip(0)], -1)
+    bary = raster.barycentric.cpu().numpy()
     lifts, views = [], []
     for view, marks in enumerate(detections):
         if marks is not None:
