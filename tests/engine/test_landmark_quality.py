@@ -17,20 +17,11 @@ from headsculpt_engine.prior.landmark_map import landmark_groups
 from headsculpt_engine.prior.meshio import load_mesh_file
 from headsculpt_engine.prior.preview import landmark_view_cameras
 from headsculpt_engine.prior.render import shade
+from test_prior_landmarks import base_prior, flame_prior  # noqa: F401  (the shared prior fixtures)
 
 MIRROR = np.array([-1.0, 1.0, 1.0])
 # Views fusion never sees: between and beyond its azimuths, and off its polar angles.
 HELD_OUT_VIEWS = ((-22.0, 86.0), (22.0, 94.0), (-8.0, 95.0), (8.0, 84.0))
-
-
-@pytest.fixture(scope="module")
-def flame_prior(flame_template):
-    return load_prior(flame_template)
-
-
-@pytest.fixture(scope="module")
-def base_prior():
-    return builtin_prior()
 
 
 @pytest.fixture(scope="module", params=["flame", "builtin"])
