@@ -12,7 +12,7 @@ import trimesh
 
 from headsculpt_engine.cameras import orbit_cameras
 from headsculpt_engine.prior import MeshArrays, builtin_prior, load_prior
-from headsculpt_engine.prior.detect import DETECTION_FOV, DETECTION_RADIUS, DETECTION_SIZE, DETECTION_VIEWS, run_facemesh
+from headsculpt_engine.prior.detect import DETECTION_FOV, DETECTION_RADIUS, DETECTION_SIZE, run_facemesh
 from headsculpt_engine.prior.landmark_map import landmark_groups
 from headsculpt_engine.prior.meshio import load_mesh_file
 from headsculpt_engine.prior.preview import landmark_view_cameras
@@ -161,3 +161,35 @@ def test_turned_flame_is_detected_and_its_avatar_comes_back_in_the_files_frame(t
     assert np.median(on_file) < 0.5 * cell, (np.median(on_file), cell)
     # Not left in the engine's upright frame.
     assert np.median(distance_to(mesh.vertices.astype(np.float64))) > 5.0 * np.median(on_file)
+
+
+def test_a_rotated_transform_inverts_exactly_and_reads_old_priors():
+    from headsculpt_engine.prior.frame import PriorTransform
+    from headsculpt_engine.prior.orientation import axis_rotations
+
+    rotations = axis_rotations()
+    assert len(rotations) == 24 and np.allclose(rotations[0], np.eye(3))
+    assert len({tuple(r.reshape(-1)) for r in rotations}) == 24
+    assert all(np.isclose(np.linalg.det(r), 1.0) for r in rotations)
+    points = np.random.default_rng(0).normal(size=(50, 3))
+    base = PriorTransform.fit(points)
+    for rotation in rotations:
+        t = base.rotated(rotation)
+        np.testing.assert_allclose(t.to_canonical(t.to_normalised(points)), points, atol=1e-12)
+        np.testing.assert_allclose(t.to_normalised(points), base.to_normalised(points) @ rotation.T, atol=1e-12)
+        as_torch = t.to_normalised(torch.as_tensor(points, dtype=torch.float64)).numpy()
+        np.testing.assert_allclose(as_torch, t.to_normalised(points), atol=1e-12)
+        np.testing.assert_allclose(PriorTransform.from_dict(t.as_dict()).rotation, t.rotation)
+    old = {"center": [0.0, 1.0, 2.0], "scale": 3.0}  # prior.json before the orientation search
+    np.testing.assert_allclose(PriorTransform.from_dict(old).rotation, np.eye(3))
+
+
+def test_landmark_render_does_not_import_the_head_module():
+    import ast
+    import inspect
+
+    from headsculpt_engine.prior import landmark_render
+
+    tree = ast.parse(inspect.getsource(landmark_render))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(name and name.split(".")[-1] == "head" for name in imported), imported
