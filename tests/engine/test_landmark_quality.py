@@ -138,13 +138,20 @@ def test_turned_flame_is_detected_and_its_avatar_comes_back_in_the_files_frame(t
     prior.save(tmp_path / "saved")
     info = json.loads((tmp_path / "saved" / "prior.json").read_text())
     np.testing.assert_allclose(info["transform"]["rotation"], turned.T)
+    # ... and in the run record.
+    from headsculpt_engine.pipeline import _start_record
+
+    cfg = preset_config("tiny")
+    cfg.prompt = "a head"
+    record = _start_record(tmp_path / "run", cfg, prior, kind="generate")
+    np.testing.assert_allclose(record.data["prior"]["rotation"], turned.T)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["prior"]["rotation"] == record.data["prior"]["rotation"]
     # The same landmarks as on the upright file, carried into this file's frame.
     upright = flame_prior.transform.to_canonical(flame_prior.landmark_points())
     np.testing.assert_allclose(prior.transform.to_canonical(prior.landmark_points()), upright @ turned.T, atol=1e-5)
 
     # The avatar: the real fine stage at the tiny preset with no iterations (marching tetrahedra on the
     # prior's signed distance) and the real export; it must sit on the mesh as the file holds it.
-    cfg = preset_config("tiny")
     cfg.fine.iterations = 0
     fine = run_fine(cfg, prior, None, tmp_path / "fine", None, torch.device("cpu"))
     export_avatar(fine, prior, cfg.export, tmp_path / "result", {"prompt": turn})

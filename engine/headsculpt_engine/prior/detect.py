@@ -87,7 +87,8 @@ def view_lift(marks: np.ndarray, triangle_id: np.ndarray, bary: np.ndarray, vert
     points = np.einsum("lc,lcd->ld", weights.astype(np.float64), corners)
     to_camera = eye[None] - points
     to_camera /= np.linalg.norm(to_camera, axis=1, keepdims=True).clip(1e-12)
-    frontality = np.where(face_index >= 0, (face_normals[face_index.clip(0)] * to_camera).sum(axis=1), -1.0)
+    # Absolute: a surface the camera sees faces it, whichever way the artist's mesh winds its faces.
+    frontality = np.where(face_index >= 0, np.abs((face_normals[face_index.clip(0)] * to_camera).sum(axis=1)), -1.0)
     # Image frame (x right, y down, z away) -> right-handed (x right, y up, z towards the camera).
     facemesh_3d = marks * np.array([1.0, -1.0, -1.0])
     return ViewLift(face_index=face_index, points=points, frontality=frontality, facemesh_3d=facemesh_3d)
@@ -108,14 +109,9 @@ def lift_views(vertices: np.ndarray, faces: np.ndarray, cameras) -> tuple[list[V
     f = np.asarray(faces, dtype=np.int64)
     normals = face_normals(v, f)
     eyes = cameras.positions().cpu().numpy().astype(np.float64)
-    # Faces turned away from every camera never show (on an open mesh they would only show its
-    # inside through a hole): they are left out of the raster, which is most of detection's time.
-    shown = np.flatnonzero((np.einsum("fd,cd->fc", normals, eyes) - (normals * v[f].mean(axis=1)).sum(1)[:, None]
-                            > 0).any(axis=1))
-    images, raster = shade(vertices, f[shown], cameras)
+    images, raster = shade(vertices, faces, cameras)
     detections = run_facemesh(images)
-    sub_id = raster.triangle_id.cpu().numpy()
-    triangle_id = np.where(sub_id >= 0, shown[sub_id.clip(0)], -1)
+    triangle_id = raster.triangle_id.cpu().numpy()
     bary = raster.barycentric.cpu().numpy()
     lifts, views = [], []
     for view, marks in enumerate(detections):

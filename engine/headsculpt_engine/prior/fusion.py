@@ -2,8 +2,8 @@
 
 Each view lifts every 2D landmark onto the surface at its pixel. A lift is dropped when it cannot be
 what MediaPipe meant there:
-- grazing or back-facing: the surface normal at the lift turns away from the camera (a landmark on
-  the silhouette slides round to the ear or the far side of the head);
+- grazing: the surface at the lift is seen nearly edge-on (a landmark on the silhouette slides round
+  to the ear or the far side of the head);
 - inconsistent with MediaPipe's own depth: FaceMesh also predicts each landmark's depth; fitted to the
   view's lifts by a similarity transform, that 3D face tells where a landmark should be, and a lift far
   from it (a depth jump at the lift pixel: a face-oval point lifted onto the cheek in front of the
@@ -41,7 +41,7 @@ AGREEMENT_DISTANCE = 0.02
 @dataclass
 class ViewLift:
     """One view's landmarks on the surface: (478,) triangles (-1 = not found), (478, 3) points,
-    (478,) cosine between the surface normal and the direction to the camera, and (478, 3)
+    (478,) |cosine| between the surface normal and the direction to the camera, and (478, 3)
     MediaPipe's own 3D landmarks in a right-handed image frame (x right, y up, z towards the camera)."""
 
     face_index: np.ndarray
