@@ -119,6 +119,8 @@ def test_face_oval_has_no_long_edge(head):
 # File frames the engine must turn back: the head facing +X (a quarter turn about +Y), and upside down.
 TURNS = {"facing +X": np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]),
          "upside down": np.diag([-1.0, -1.0, 1.0])}
+# What the search tells the user it found, per turn.
+TOLD = {"facing +X": "the file's +Y axis is up, +X faces front", "upside down": "the file's -Y axis is up, +Z faces front"}
 
 
 @pytest.mark.parametrize("turn", list(TURNS))
@@ -131,8 +133,10 @@ def test_turned_flame_is_detected_and_its_avatar_comes_back_in_the_files_frame(t
     turned = TURNS[turn]
     mesh = load_mesh_file(flame_template)
     file_vertices = mesh.vertices.astype(np.float64) @ turned.T
+    messages: list[str] = []
     prior = load_prior(MeshArrays(file_vertices.astype(np.float32), mesh.faces), cache_root=tmp_path / "cache",
-                       sdf_resolution=64)
+                       sdf_resolution=64, progress=messages.append)
+    assert any(TOLD[turn] in message for message in messages), messages
     # Found by turning it back, and the turn is kept with the prior.
     np.testing.assert_allclose(prior.transform.rotation @ turned, np.eye(3), atol=1e-9)
     prior.save(tmp_path / "saved")
