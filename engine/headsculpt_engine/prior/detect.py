@@ -101,8 +101,8 @@ def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return normal / np.linalg.norm(normal, axis=1, keepdims=True).clip(1e-20)
 
 
-def lift_views(vertices: np.ndarray, faces: np.ndarray, cameras) -> tuple[list[ViewLift], list[int]]:
-    """Render, run FaceMesh and lift, per camera; returns the lifts and the views they came from."""
+def lift_views(vertices: np.ndarray, faces: np.ndarray, cameras) -> list[ViewLift]:
+    """Render, run FaceMesh and lift, per camera; one lift per view where FaceMesh found a face."""
     from .render import shade
 
     v = np.asarray(vertices, dtype=np.float64)
@@ -113,12 +113,8 @@ def lift_views(vertices: np.ndarray, faces: np.ndarray, cameras) -> tuple[list[V
     detections = run_facemesh(images)
     triangle_id = raster.triangle_id.cpu().numpy()
     bary = raster.barycentric.cpu().numpy()
-    lifts, views = [], []
-    for view, marks in enumerate(detections):
-        if marks is not None:
-            lifts.append(view_lift(marks, triangle_id[view], bary[view], v, f, normals, eyes[view]))
-            views.append(view)
-    return lifts, views
+    return [view_lift(marks, triangle_id[view], bary[view], v, f, normals, eyes[view])
+            for view, marks in enumerate(detections) if marks is not None]
 
 
 def detect_landmarks(vertices: np.ndarray, faces: np.ndarray,
@@ -128,7 +124,7 @@ def detect_landmarks(vertices: np.ndarray, faces: np.ndarray,
     say = progress or (lambda message: None)
     cameras = detection_cameras()
     say(f"rendering the prior from {len(cameras)} views and running MediaPipe FaceMesh")
-    lifts, _ = lift_views(vertices, faces, cameras)
+    lifts = lift_views(vertices, faces, cameras)
     say(f"a face was found in {len(lifts)} of {len(cameras)} views")
     if not lifts:
         raise InputError(NO_FACE_MESSAGE)
