@@ -82,7 +82,9 @@ def _start_record(run_dir: Path, cfg: RunConfig, prior: "HeadPrior", kind: str, 
         prior.save(run_dir / "prior")
     record.update(kind=kind, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
                   seed=cfg.seed, preset=cfg.preset, guidance=cfg.guidance.kind, config=cfg.to_dict(),
-                  prior={"hash": prior.content_hash, "is_flame": prior.is_flame}, versions=library_versions(),
+                  prior={"hash": prior.content_hash, "is_flame": prior.is_flame,
+                         # The axis turn the orientation search applied (identity: the file's own axes).
+                         "rotation": prior.transform.as_dict()["rotation"]}, versions=library_versions(),
                   created_at=record.data.get("created_at", time.time()), status="running", **identity)
     return record
 

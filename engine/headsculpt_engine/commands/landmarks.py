@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     description = {
         "points": [[float(c) for c in p] if ok else None for p, ok in zip(points, found)],
         "confidence": [float(c) for c in prior.landmarks.confidence],
+        # The axis turn the orientation search applied to face the head along +Z (identity: none).
+        "rotation": prior.transform.as_dict()["rotation"],
     }
     (out / "landmarks.json").write_text(json.dumps(description))
     print(f"wrote {out / 'landmarks.json'}: {int(found.sum())} of {len(found)} landmarks found, "

@@ -2,7 +2,7 @@
 
     python -m headsculpt_engine.prior.benchmark [MESH] [--repeats N]
 
-Landmark detection is timed from a loaded mesh to its embedding (rendering 5 views, MediaPipe,
+Landmark detection is timed from a loaded mesh to its embedding (rendering 9 views, MediaPipe,
 back-projection, fusion; libraries already imported, the cache bypassed); a landmark map is timed
 for one 512x512 front camera (projection, rasterised visibility, drawing), median of the repeats.
 """

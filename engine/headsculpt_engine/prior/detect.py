@@ -1,28 +1,30 @@
-"""Automatic 3D landmarks for any head mesh: MediaPipe FaceMesh on shaded frontal renders, each 2D
-landmark lifted to the surface through the raster's triangle id and barycentrics, views fused."""
+"""Automatic 3D landmarks for any head mesh: MediaPipe FaceMesh on shaded renders from the front and
+from the sides, each 2D landmark lifted to the surface through the raster's triangle id and
+barycentrics, the views fused (`fusion.py`)."""
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import numpy as np
 
 from ..errors import InputError
+from .fusion import ViewLift, fuse_views
 from .landmarks import NUM_LANDMARKS, LandmarkEmbedding
 
-# Frontal views (azimuth, polar) in degrees: straight on, a little left/right, above and below.
-DETECTION_VIEWS = ((0.0, 90.0), (-15.0, 90.0), (15.0, 90.0), (0.0, 80.0), (0.0, 100.0))
-DETECTION_SIZE = 512
-# The normalised head has radius 0.7; this camera frames the face and most of the skull.
-DETECTION_RADIUS = 2.2
-DETECTION_FOV = 28.0
-# A view's lifted landmark counts as agreeing with the fused one within this distance (normalised).
-AGREEMENT_DISTANCE = 0.02
+# Views (azimuth, polar) in degrees: straight on, turned 15, 30 and 45 degrees to each side (a
+# landmark near the face's contour is frontal only in a view turned towards it), above and below.
+DETECTION_VIEWS = ((0.0, 90.0), (-15.0, 90.0), (15.0, 90.0), (-30.0, 90.0), (30.0, 90.0),
+                   (-45.0, 90.0), (45.0, 90.0), (0.0, 80.0), (0.0, 100.0))
+DETECTION_SIZE = 256  # FaceMesh works on a 192-256 px crop of the face: more pixels only cost time
+# A distant, narrow camera (nearly orthographic, as the photos FaceMesh learnt from) framing the face:
+# the normalised head has radius 0.7; measured on FLAME it places landmarks closer than a wide one.
+DETECTION_RADIUS = 4.0
+DETECTION_FOV = 16.0
 SEARCH_RADIUS = 3  # pixels: a landmark just off the silhouette takes the nearest covered pixel
 
-NO_FACE_MESSAGE = ("MediaPipe found no face on renders of the prior mesh, so its landmarks cannot be placed "
-                   "automatically; check that the head faces +Z with +Y up, or give a landmark file (a .npy of "
-                   f"{NUM_LANDMARKS} vertex indices, one per MediaPipe landmark) with --landmark-file.")
+NO_FACE_MESSAGE = ("MediaPipe found no face on renders of the prior mesh in any of the 24 axis-aligned "
+                   "orientations, so its landmarks cannot be placed automatically; give a landmark file (a .npy "
+                   f"of {NUM_LANDMARKS} vertex indices, one per MediaPipe landmark) with --landmark-file.")
 
 
 def detection_cameras(device=None):
@@ -33,8 +35,9 @@ def detection_cameras(device=None):
     return orbit_cameras(az, polar, DETECTION_RADIUS, DETECTION_FOV, DETECTION_SIZE, DETECTION_SIZE, device=device)
 
 
-def run_facemesh(images: np.ndarray) -> list[np.ndarray | None]:
-    """Per RGB image (H, W, 3) uint8: (478, 2) landmark pixels (x right, y down) or None."""
+def run_facemesh(images) -> list[np.ndarray | None]:
+    """Per RGB image (H, W, 3) uint8: (478, 3) landmarks (x right, y down in pixels; z MediaPipe's
+    depth in the same pixel scale, smaller = nearer the camera) or None."""
     import mediapipe as mp
 
     from ..quiet import native_stderr_silenced
@@ -50,73 +53,79 @@ def run_facemesh(images: np.ndarray) -> list[np.ndarray | None]:
                 continue
             h, w = image.shape[:2]
             marks = result.multi_face_landmarks[0].landmark
-            out.append(np.array([[m.x * w, m.y * h] for m in marks], dtype=np.float64))
+            out.append(np.array([[m.x * w, m.y * h, m.z * w] for m in marks], dtype=np.float64))
     return out
 
 
-def _lift(xy: np.ndarray, triangle_id: np.ndarray, bary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _search_offsets() -> np.ndarray:
+    offsets = [(dy, dx) for dy in range(-SEARCH_RADIUS, SEARCH_RADIUS + 1) for dx in range(-SEARCH_RADIUS, SEARCH_RADIUS + 1)]
+    return np.array(sorted(offsets, key=lambda o: o[0] ** 2 + o[1] ** 2), dtype=np.int64)
+
+
+def lift_pixels(xy: np.ndarray, triangle_id: np.ndarray, bary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Triangle and barycentrics under each landmark pixel (nearest covered pixel nearby), -1 if none."""
     h, w = triangle_id.shape
-    faces = np.full(len(xy), -1, dtype=np.int64)
-    weights = np.zeros((len(xy), 3), dtype=np.float32)
-    offsets = sorted(((dy, dx) for dy in range(-SEARCH_RADIUS, SEARCH_RADIUS + 1)
-                      for dx in range(-SEARCH_RADIUS, SEARCH_RADIUS + 1)), key=lambda o: o[0] ** 2 + o[1] ** 2)
-    for i, (x, y) in enumerate(xy):
-        px, py = int(np.floor(x)), int(np.floor(y))
-        for dy, dx in offsets:
-            qx, qy = px + dx, py + dy
-            if 0 <= qx < w and 0 <= qy < h and triangle_id[qy, qx] >= 0:
-                faces[i], weights[i] = triangle_id[qy, qx], bary[qy, qx]
-                break
-    return faces, weights
+    offsets = _search_offsets()  # (K, 2) dy, dx, nearest first
+    py = np.floor(xy[:, 1]).astype(np.int64)[:, None] + offsets[None, :, 0]
+    px = np.floor(xy[:, 0]).astype(np.int64)[:, None] + offsets[None, :, 1]
+    inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+    ids = np.where(inside, triangle_id[py.clip(0, h - 1), px.clip(0, w - 1)], -1)
+    covered = ids >= 0
+    first = np.argmax(covered, axis=1)
+    rows = np.arange(len(xy))
+    hit = covered[rows, first]
+    faces = np.where(hit, ids[rows, first], -1).astype(np.int64)
+    weights = np.where(hit[:, None], bary[py[rows, first].clip(0, h - 1), px[rows, first].clip(0, w - 1)], 0.0)
+    return faces, weights.astype(np.float32)
+
+
+def view_lift(marks: np.ndarray, triangle_id: np.ndarray, bary: np.ndarray, vertices: np.ndarray,
+              faces: np.ndarray, face_normals: np.ndarray, eye: np.ndarray) -> ViewLift:
+    """One view's FaceMesh landmarks (478, 3) on the surface, with the frontality of each lift."""
+    face_index, weights = lift_pixels(marks[:, :2], triangle_id, bary)
+    corners = vertices[faces[face_index.clip(0)]]  # (478, 3, 3)
+    points = np.einsum("lc,lcd->ld", weights.astype(np.float64), corners)
+    to_camera = eye[None] - points
+    to_camera /= np.linalg.norm(to_camera, axis=1, keepdims=True).clip(1e-12)
+    # Absolute: a surface the camera sees faces it, whichever way the artist's mesh winds its faces.
+    frontality = np.where(face_index >= 0, np.abs((face_normals[face_index.clip(0)] * to_camera).sum(axis=1)), -1.0)
+    # Image frame (x right, y down, z away) -> right-handed (x right, y up, z towards the camera).
+    facemesh_3d = marks * np.array([1.0, -1.0, -1.0])
+    return ViewLift(face_index=face_index, points=points, frontality=frontality, facemesh_3d=facemesh_3d)
+
+
+def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(M, 3) unit face normals (zero for degenerate faces)."""
+    corners = vertices[faces]
+    normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    return normal / np.linalg.norm(normal, axis=1, keepdims=True).clip(1e-20)
+
+
+def lift_views(vertices: np.ndarray, faces: np.ndarray, cameras) -> list[ViewLift]:
+    """Render, run FaceMesh and lift, per camera; one lift per view where FaceMesh found a face."""
+    from .render import shade
+
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    normals = face_normals(v, f)
+    eyes = cameras.positions().cpu().numpy().astype(np.float64)
+    images, raster = shade(vertices, faces, cameras)
+    detections = run_facemesh(images)
+    triangle_id = raster.triangle_id.cpu().numpy()
+    bary = raster.barycentric.cpu().numpy()
+    return [view_lift(marks, triangle_id[view], bary[view], v, f, normals, eyes[view])
+            for view, marks in enumerate(detections) if marks is not None]
 
 
 def detect_landmarks(vertices: np.ndarray, faces: np.ndarray,
                      progress: Callable[[str], None] | None = None) -> LandmarkEmbedding:
-    """Landmark embedding of a mesh in the normalised frame (face along +Z, +Y up).
-
-    Per landmark, the views' surface points are fused by their median; the kept (triangle,
-    barycentric) is the view's nearest that median. Confidence = share of views that found the
-    landmark and agree with the fused point within AGREEMENT_DISTANCE.
-    """
-    from .render import shade
-
+    """Landmark embedding of a mesh in the normalised frame (face along +Z, +Y up); InputError when
+    no view shows a face. Confidence = share of views whose lift agrees with the fused point."""
     say = progress or (lambda message: None)
     cameras = detection_cameras()
-    say(f"rendering the prior from {len(cameras)} frontal views")
-    images, raster = shade(vertices, faces, cameras)
-    say("running MediaPipe FaceMesh")
-    detections = run_facemesh(images)
-    triangle_id = raster.triangle_id.cpu().numpy()
-    bary = raster.barycentric.cpu().numpy()
-    lifted = []
-    for view, xy in enumerate(detections):
-        if xy is not None:
-            lifted.append(_lift(xy, triangle_id[view], bary[view]))
-    say(f"a face was found in {len(lifted)} of {len(cameras)} views")
-    if not lifted:
+    say(f"rendering the prior from {len(cameras)} views and running MediaPipe FaceMesh")
+    lifts = lift_views(vertices, faces, cameras)
+    say(f"a face was found in {len(lifts)} of {len(cameras)} views")
+    if not lifts:
         raise InputError(NO_FACE_MESSAGE)
-    return fuse_views(lifted, vertices, faces, len(cameras))
-
-
-def fuse_views(lifted: list[tuple[np.ndarray, np.ndarray]], vertices: np.ndarray, faces: np.ndarray,
-               num_views: int) -> LandmarkEmbedding:
-    """Median fusion of per-view (triangle, barycentric) landmark lifts; see `detect_landmarks`."""
-    face_ids = np.stack([f for f, _ in lifted])  # (V, 478)
-    weights = np.stack([b for _, b in lifted])  # (V, 478, 3)
-    found = face_ids >= 0
-    corners = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)[face_ids.clip(0)]]  # (V, 478, 3, 3)
-    points = np.einsum("vlc,vlcd->vld", weights.astype(np.float64), corners)
-    points[~found] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: landmarks no view found
-        median = np.nanmedian(points, axis=0)  # (478, 3)
-    distance = np.linalg.norm(points - median[None], axis=-1)  # NaN where not found
-    distance = np.where(found, distance, np.inf)
-    best = np.argmin(distance, axis=0)
-    landmarks = np.arange(NUM_LANDMARKS)
-    face_index = np.where(found.any(axis=0), face_ids[best, landmarks], -1).astype(np.int64)
-    barycentric = np.where(face_index[:, None] >= 0, weights[best, landmarks], 0.0).astype(np.float32)
-    confidence = ((distance <= AGREEMENT_DISTANCE).sum(axis=0) / num_views).astype(np.float32)
-    confidence[face_index < 0] = 0.0
-    return LandmarkEmbedding(face_index=face_index, barycentric=barycentric, confidence=confidence)
+    return fuse_views(lifts, vertices, faces, len(cameras))

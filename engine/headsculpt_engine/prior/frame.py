@@ -1,12 +1,14 @@
 """The prior's canonical frame (the file's own coordinates) and the engine's normalised frame.
 
-Normalised = (canonical - center) * scale: the mesh's bounding-box centre goes to the origin and the
-farthest vertex to radius `NORMALISED_RADIUS` (HeadSculpt fits the prior into a sphere of about 0.7).
-Results go back with `to_canonical`, exactly the inverse.
+Normalised = rotation @ (canonical - center) * scale: the mesh's bounding-box centre goes to the origin
+and the farthest vertex to radius `NORMALISED_RADIUS` (HeadSculpt fits the prior into a sphere of about
+0.7). The rotation is the identity unless the head does not face +Z with +Y up in its file: then the
+orientation search (`orientation.py`) finds the axis-aligned turn that makes it face the engine's way.
+Results go back with `to_canonical`, exactly the inverse, so they come back in the file's own frame.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,10 +17,11 @@ NORMALISED_RADIUS = 0.7
 
 @dataclass(frozen=True)
 class PriorTransform:
-    """normalised = (canonical - center) * scale."""
+    """normalised = rotation @ (canonical - center) * scale."""
 
     center: np.ndarray  # (3,) float64, canonical units
     scale: float
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))  # (3, 3) proper rotation, file -> engine axes
 
     @classmethod
     def fit(cls, vertices: np.ndarray, radius: float = NORMALISED_RADIUS) -> "PriorTransform":
@@ -31,20 +34,35 @@ class PriorTransform:
             raise InputError("The prior mesh has no extent (all vertices coincide); select a real head mesh.")
         return cls(center=center, scale=radius / extent)
 
+    def rotated(self, rotation: np.ndarray) -> "PriorTransform":
+        """The same transform followed by `rotation` (about the normalised origin)."""
+        return PriorTransform(center=self.center, scale=self.scale,
+                              rotation=np.asarray(rotation, dtype=np.float64) @ self.rotation)
+
+    @property
+    def is_rotated(self) -> bool:
+        return not np.allclose(self.rotation, np.eye(3))
+
     def to_normalised(self, points):
         """Canonical -> normalised; numpy arrays or torch tensors of shape (..., 3)."""
-        return (points - self._like(self.center, points)) * self.scale
+        shifted = (points - self._like(self.center, points)) * self.scale
+        return shifted @ self._like(self.rotation, points).T if self.is_rotated else shifted
 
     def to_canonical(self, points):
         """Normalised -> canonical; numpy arrays or torch tensors of shape (..., 3)."""
+        if self.is_rotated:
+            points = points @ self._like(self.rotation, points)
         return points / self.scale + self._like(self.center, points)
 
     def as_dict(self) -> dict:
-        return {"center": [float(c) for c in self.center], "scale": float(self.scale)}
+        return {"center": [float(c) for c in self.center], "scale": float(self.scale),
+                "rotation": [[float(x) for x in row] for row in self.rotation]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PriorTransform":
-        return cls(center=np.asarray(data["center"], dtype=np.float64), scale=float(data["scale"]))
+        # Priors saved before the orientation search have no rotation: the identity.
+        rotation = np.asarray(data.get("rotation", np.eye(3)), dtype=np.float64)
+        return cls(center=np.asarray(data["center"], dtype=np.float64), scale=float(data["scale"]), rotation=rotation)
 
     @staticmethod
     def _like(value: np.ndarray, reference):

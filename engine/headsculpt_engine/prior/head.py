@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import InputError
 from .density import DEFAULT_SHARPNESS, density_prior
 from .frame import PriorTransform
+from .landmark_render import landmark_visibility, render_landmark_maps
 from .landmarks import LandmarkEmbedding, embedding_from_vertex_indices, read_landmark_file
 from .meshio import MeshArrays, clean_mesh, load_mesh_file
 from .rig import PriorRig, read_gltf_rig
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from ..cameras import Cameras
 
 # Bump when anything cached per prior changes meaning (grid layout, detection method).
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: multi-view fusion with rejection, orientation search
 FLAME_VERTEX_COUNTS = (5023,)
 FLAME_FACE_COUNTS = (9976, 10034)  # open mouth; closed mouth
 
@@ -81,15 +82,12 @@ class HeadPrior:
 
     def landmark_visibility(self, cameras: "Cameras") -> "torch.Tensor":
         """(B, 478) bool: found and not behind the head, by comparison with the rasterised depth."""
-        from .landmark_render import landmark_visibility
-
-        return landmark_visibility(self, cameras)
+        return landmark_visibility(self.vertices, self.faces, self.landmark_points(), cameras)
 
     def landmark_maps(self, cameras: "Cameras", policy: str = "none") -> "torch.Tensor":
         """(B, 3, H, W) landmark maps in [0, 1] at the cameras' size; see `landmark_render`."""
-        from .landmark_render import render_landmark_maps
-
-        return render_landmark_maps(self, cameras, policy)
+        points = None if self.landmarks is None else self.landmark_points()
+        return render_landmark_maps(self.vertices, self.faces, points, cameras, policy)
 
     # --- persistence ----------------------------------------------------------------------------
 
@@ -161,9 +159,17 @@ def _atomic_save(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
-def _cached_sdf(cache: Path, vertices: np.ndarray, faces: np.ndarray, resolution: int,
+def _orientation_tag(transform: PriorTransform) -> str:
+    """Cache-file suffix for the normalised frame's rotation ("" for the file's own axes)."""
+    if not transform.is_rotated:
+        return ""
+    sign = {-1: "m", 0: "0", 1: "p"}
+    return "_r" + "".join(sign[int(np.sign(round(x)))] for x in transform.rotation.reshape(-1))
+
+
+def _cached_sdf(cache: Path, vertices: np.ndarray, faces: np.ndarray, resolution: int, transform: PriorTransform,
                 say: Callable[[str], None]) -> np.ndarray:
-    path = cache / f"sdf_grid_{resolution}.npy"
+    path = cache / f"sdf_grid_{resolution}{_orientation_tag(transform)}.npy"
     if path.exists():
         return np.load(path, allow_pickle=False)
     say(f"computing the signed-distance grid ({resolution}^3, winding-number sign)")
@@ -174,22 +180,25 @@ def _cached_sdf(cache: Path, vertices: np.ndarray, faces: np.ndarray, resolution
 
 def _cache_mesh(cache: Path, vertices: np.ndarray, faces: np.ndarray, transform: PriorTransform) -> None:
     """The normalised mesh and its transform, so a prior can be rebuilt from its hash alone."""
-    path = cache / "mesh.npz"
-    if not path.exists():
-        _atomic_save(path, lambda p: np.savez(p, vertices=vertices, faces=faces, center=transform.center,
-                                              scale=np.float64(transform.scale)))
+    _atomic_save(cache / "mesh.npz", lambda p: np.savez(p, vertices=vertices, faces=faces, center=transform.center,
+                                                       scale=np.float64(transform.scale), rotation=transform.rotation))
 
 
 def _cached_detection(cache: Path, vertices: np.ndarray, faces: np.ndarray,
-                      say: Callable[[str], None]) -> LandmarkEmbedding:
+                      say: Callable[[str], None]) -> tuple[np.ndarray, LandmarkEmbedding]:
+    """(rotation, embedding): the turn of the normalised mesh under which a face was found (the
+    identity when it faces +Z with +Y up) and the landmarks on it, from the cache or detected
+    (`orientation.py`: the search over orientations runs only when the mesh as given fails)."""
     from .detect import detect_landmarks
+    from .orientation import detect_oriented
 
-    path = cache / "landmarks_detected.npz"
-    if path.exists():
-        return LandmarkEmbedding.load(path)
-    embedding = detect_landmarks(vertices, faces, progress=say)
+    path, turn_path = cache / "landmarks_detected.npz", cache / "orientation.json"
+    if path.exists() and turn_path.exists():
+        return np.asarray(json.loads(turn_path.read_text())["rotation"], dtype=np.float64), LandmarkEmbedding.load(path)
+    rotation, embedding = detect_oriented(vertices, faces, lambda turned: detect_landmarks(turned, faces, progress=say), say)
+    _atomic_save(turn_path, lambda p: p.write_text(json.dumps({"rotation": rotation.tolist()})))
     _atomic_save(path, embedding.save)
-    return embedding
+    return rotation, embedding
 
 
 def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | None" = None,
@@ -198,8 +207,9 @@ def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | N
     """Load a head mesh (a path to OBJ/PLY/GLB, or `MeshArrays` in the canonical frame) as a prior.
 
     Landmarks: from `landmark_file` (a .npy of vertex indices) when given, else detected on renders
-    when `detect_landmarks`, else none. `sdf_resolution`: grid samples per axis (coarser is quicker
-    to build, for tests and previews). `cache_root`: see `prior_cache_dir`. Raises InputError for meshes that cannot serve as a prior.
+    when `detect_landmarks` (turning the head by an axis rotation when it does not face +Z with +Y
+    up: the rotation joins the transform, so results still go back to the file's frame), else none.
+    `sdf_resolution`: grid samples per axis (coarser is quicker to build, for tests and previews). `cache_root`: see `prior_cache_dir`. Raises InputError for meshes that cannot serve as a prior.
     """
     say = progress or (lambda message: None)
     raw = source if isinstance(source, MeshArrays) else load_mesh_file(source)
@@ -209,15 +219,18 @@ def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | N
     hash_ = content_hash(mesh)
     cache = prior_cache_dir(hash_, cache_root)
     cache.mkdir(parents=True, exist_ok=True)
-    _cache_mesh(cache, vertices, mesh.faces, transform)
     if landmark_file is not None:
         # Indices refer to the mesh as given; cleaning keeps vertices, so they still apply.
         landmarks = embedding_from_vertex_indices(read_landmark_file(landmark_file), mesh.faces, len(vertices))
     elif detect_landmarks:
-        landmarks = _cached_detection(cache, vertices, mesh.faces, say)
+        rotation, landmarks = _cached_detection(cache, vertices, mesh.faces, say)
+        if not np.allclose(rotation, np.eye(3)):
+            transform = transform.rotated(rotation)
+            vertices = transform.to_normalised(mesh.vertices.astype(np.float64)).astype(np.float32)
     else:
         landmarks = None
+    _cache_mesh(cache, vertices, mesh.faces, transform)
     rig = None if isinstance(source, MeshArrays) else read_gltf_rig(Path(source))
     return HeadPrior(vertices=vertices, faces=mesh.faces, transform=transform, content_hash=hash_,
                      is_flame=is_flame_topology(len(vertices), len(raw.faces)), landmarks=landmarks,
-                     sdf_source=lambda: SDFGrid(_cached_sdf(cache, vertices, mesh.faces, sdf_resolution, say)), rig=rig)
+                     sdf_source=lambda: SDFGrid(_cached_sdf(cache, vertices, mesh.faces, sdf_resolution, transform, say)), rig=rig)

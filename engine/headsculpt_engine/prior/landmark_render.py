@@ -1,5 +1,6 @@
-"""Landmark maps of a prior for a batch of cameras: project the 3D landmarks, hide those behind the
-head, draw them by the spec (`landmark_map.py`). Back views follow the back-view policy: "none" draws
+"""Landmark maps of a head mesh for a batch of cameras: project the 3D landmarks, hide those behind the
+head, draw them by the spec (`landmark_map.py`). Plain arrays in (vertices, faces, landmark points),
+so that `HeadPrior` (head.py) calls this module and this module knows nothing of it. Back views follow the back-view policy: "none" draws
 nothing (HeadSculpt then guides without the ControlNet), "oval" draws only the face oval (HeadArtist),
 as the outline of the face seen through the head."""
 from __future__ import annotations
@@ -15,7 +16,6 @@ if TYPE_CHECKING:
     import torch
 
     from ..cameras import Cameras
-    from .head import HeadPrior
 
 # Visibility needs depth only where landmarks are: a coarser raster keeps maps fast at 512x512.
 VISIBILITY_MAX_SIZE = 128
@@ -23,19 +23,21 @@ VISIBILITY_MAX_SIZE = 128
 VISIBILITY_TOLERANCE = 0.02  # normalised units (about 5 mm on an adult head)
 
 
-def landmark_visibility(prior: "HeadPrior", cameras: "Cameras") -> "torch.Tensor":
-    """(B, 478) bool: the landmark exists and no surface lies nearer to the camera at its pixel."""
+def landmark_visibility(vertices: np.ndarray, faces: np.ndarray, landmark_points: np.ndarray,
+                        cameras: "Cameras") -> "torch.Tensor":
+    """(B, 478) bool: the landmark (a row of `landmark_points`, NaN = missing) exists and no surface
+    of the mesh lies nearer to the camera at its pixel."""
     import torch
 
     from .render import rasterize_prior
 
-    points = torch.as_tensor(prior.landmark_points(), dtype=torch.float32, device=cameras.device)
+    points = torch.as_tensor(landmark_points, dtype=torch.float32, device=cameras.device)
     found = torch.isfinite(points).all(dim=-1)
     scale = min(1.0, VISIBILITY_MAX_SIZE / max(cameras.width, cameras.height))
     small = cameras.with_size(max(1, round(cameras.width * scale)), max(1, round(cameras.height * scale)))
     xy, depth = small.project(torch.nan_to_num(points))
     with torch.no_grad():
-        surface = rasterize_prior(prior.vertices, prior.faces, small).depth  # (B, h, w)
+        surface = rasterize_prior(vertices, faces, small).depth  # (B, h, w)
     # The farthest surface among the 3x3 pixels around the landmark: a landmark on a steep slope
     # (nose side, jaw line) is not hidden by its own neighbouring pixels.
     finite = torch.where(torch.isfinite(surface), surface, torch.full_like(surface, 1e9))
@@ -48,19 +50,20 @@ def landmark_visibility(prior: "HeadPrior", cameras: "Cameras") -> "torch.Tensor
     return found[None] & inside & (depth <= at + VISIBILITY_TOLERANCE)
 
 
-def render_landmark_maps(prior: "HeadPrior", cameras: "Cameras", policy: str = "none") -> "torch.Tensor":
-    """(B, 3, H, W) float maps in [0, 1]; all black where the prior has no landmarks."""
+def render_landmark_maps(vertices: np.ndarray, faces: np.ndarray, landmark_points: "np.ndarray | None",
+                         cameras: "Cameras", policy: str = "none") -> "torch.Tensor":
+    """(B, 3, H, W) float maps in [0, 1]; all black where there are no landmarks (None)."""
     import torch
 
     if policy not in BACK_VIEW_POLICIES:
         raise InputError(f"Unknown back-view policy {policy!r}; use one of {', '.join(BACK_VIEW_POLICIES)}.")
     batch, height, width = len(cameras), cameras.height, cameras.width
     maps = np.zeros((batch, height, width, 3), dtype=np.uint8)
-    if prior.landmarks is not None:
-        points = torch.as_tensor(prior.landmark_points(), dtype=torch.float32, device=cameras.device)
+    if landmark_points is not None:
+        points = torch.as_tensor(landmark_points, dtype=torch.float32, device=cameras.device)
         found = torch.isfinite(points).all(dim=-1)
         xy, depth = cameras.project(torch.nan_to_num(points))
-        visible = landmark_visibility(prior, cameras)
+        visible = landmark_visibility(vertices, faces, landmark_points, cameras)
         xy_np = xy.cpu().numpy()
         for i, name in enumerate(cameras.view_names()):
             if name == "back":
