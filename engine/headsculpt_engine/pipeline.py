@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 STAGES = ("coarse", "fine", "export")
 MAX_PROMPT_CHARS = 500
+# What the run record (and the CLI, and the add-on's panel) says of a run with guidance.landmarks "none".
+NO_LANDMARK_CONTROL = "no landmark control: expect weaker view consistency"
 
 
 def validate_prompt(prompt: str, what: str = "prompt") -> str:
@@ -83,8 +85,15 @@ def _start_record(run_dir: Path, cfg: RunConfig, prior: "HeadPrior", kind: str, 
     record.update(kind=kind, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
                   seed=cfg.seed, preset=cfg.preset, guidance=cfg.guidance.kind, config=cfg.to_dict(),
                   prior={"hash": prior.content_hash, "is_flame": prior.is_flame}, versions=library_versions(),
-                  created_at=record.data.get("created_at", time.time()), status="running", **identity)
+                  created_at=record.data.get("created_at", time.time()), status="running",
+                  landmark_control=landmark_control(cfg), **identity)
     return record
+
+
+def landmark_control(cfg: RunConfig) -> str:
+    """How the run's views are steered: the prior's landmark maps, or nothing (and what that costs)."""
+    return NO_LANDMARK_CONTROL if cfg.guidance.landmarks == "none" else "landmark maps of the prior"
+
 
 
 def _choose_ssd_models(cfg: RunConfig) -> None:
@@ -129,7 +138,8 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
 
     # Models first: a missing model fails before anything is written.
     _choose_ssd_models(cfg)
-    models = load_diffusion_models(cfg.models, device) if {"coarse", "fine"} & set(stages) else None
+    models = load_diffusion_models(cfg.models, device, with_face=cfg.guidance.landmarks != "none") \
+        if {"coarse", "fine"} & set(stages) else None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = _start_record(run_dir, cfg, prior, kind="generate")
@@ -234,6 +244,7 @@ def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
                          "(follow only the instruction).")
     parent_cfg = RunConfig.from_dict(data["config"])
     cfg.prompt, cfg.negative_prompt = parent_cfg.prompt, parent_cfg.negative_prompt
+    g.landmarks = parent_cfg.guidance.landmarks  # an edit steers its views as its parent did
     # The edit goes on training the parent's avatar, so it keeps its representation: the tet grid and
     # the colour field (whose architecture the coarse section describes).
     cfg.coarse = parent_cfg.coarse
@@ -256,7 +267,7 @@ def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
     _seed_everything(cfg.seed)
     iesd = method in ("iesd", "b5")
     _choose_ssd_models(cfg)
-    models = load_diffusion_models(cfg.models, device, with_ip2p=iesd)
+    models = load_diffusion_models(cfg.models, device, with_ip2p=iesd, with_face=g.landmarks != "none")
     if iesd:
         guidance = build_edit_guidance(cfg, models, cfg.prompt, instruction, g.edit_scale)
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_run_options
+from .options import add_keypoint_options, add_run_options
 
 
 def register(subparsers) -> None:
@@ -19,6 +19,7 @@ def register(subparsers) -> None:
                              "project's own neutral head (default)")
     parser.add_argument("--landmark-file", default=None, metavar="FILE.npy",
                         help="478 vertex indices (one per MediaPipe landmark) instead of automatic detection")
+    add_keypoint_options(parser)
     parser.add_argument("--guidance", choices=("sds", "ssd"), default="sds",
                         help="sds: HeadSculpt's landmark-ControlNet score distillation (default); "
                              "ssd: HeadArtist's self score distillation")
@@ -32,18 +33,10 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def load_prior_option(prior: str, landmark_file: str | None):
-    from ..prior import builtin_prior, load_prior
-
-    if prior == "builtin":
-        return builtin_prior()
-    return load_prior(Path(prior).expanduser(), landmark_file=landmark_file)
-
-
 def run(args: argparse.Namespace) -> int:
     from .. import pipeline
     from ..stages.loop import RunCallbacks
-    from .options import ProgressBars, cancel_on_interrupt, config_from_args, slug
+    from .options import ProgressBars, cancel_on_interrupt, config_from_args, prior_from_args, slug
 
     cfg = config_from_args(args)
     cfg.prompt = pipeline.validate_prompt(args.prompt)
@@ -51,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     cfg.guidance.kind = args.guidance
     run_dir = Path(args.out or Path("out") / f"{slug(cfg.prompt)}-seed{cfg.seed}")
     print(f"Loading the head prior ({args.prior})...", flush=True)
-    prior = load_prior_option(args.prior, args.landmark_file)
+    prior = prior_from_args(args.prior, args.landmark_file, args.keypoints, args.landmarks)
+    if args.landmarks == "none":
+        cfg.guidance.landmarks = "none"
+        print(f"Note: {pipeline.NO_LANDMARK_CONTROL}.", flush=True)
     stages = pipeline.STAGES if args.stage == "all" else (args.stage,)
     bars = ProgressBars()
     print(f"Generating \"{cfg.prompt}\" (preset {cfg.preset}, seed {cfg.seed}) into {run_dir}", flush=True)
