@@ -14,26 +14,12 @@ from headsculpt_engine.prior import MeshArrays, load_prior
 from headsculpt_engine.prior.assets import builtin_mesh_path
 from headsculpt_engine.prior.keypoints import KEYPOINTS, template_landmarks
 from headsculpt_engine.prior.meshio import MAX_FACES, clean_mesh
+from test_mesh_hygiene import join, sphere  # Blender's Join leaves shells that do not touch
 
 
 def base() -> tuple[np.ndarray, np.ndarray]:
     mesh = trimesh.load(str(builtin_mesh_path()), process=False, force="mesh")
     return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
-
-
-def joined(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Meshes joined into one, as Blender's Join (Ctrl+J) leaves them: shells that do not touch."""
-    vertices, faces, offset = [], [], 0
-    for v, f in parts:
-        vertices.append(v)
-        faces.append(f + offset)
-        offset += len(v)
-    return np.concatenate(vertices), np.concatenate(faces)
-
-
-def sphere(center, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    s = trimesh.creation.icosphere(subdivisions=2, radius=radius)
-    return np.asarray(s.vertices) + center, np.asarray(s.faces)
 
 
 def eye_positions() -> np.ndarray:
@@ -45,10 +31,10 @@ def with_interiors(v, f):
     """Eyeballs behind the irises and a mouth bag behind the lips, all inside the head."""
     eyes = eye_positions()
     size = float(np.ptp(v, axis=0).max())
-    parts = [(v, f)] + [sphere(eye - [0, 0, 0.03 * size], 0.025 * size) for eye in eyes]
+    parts = [(v, f)] + [sphere(0.025 * size, eye - [0, 0, 0.03 * size], 2) for eye in eyes]
     mouth = template_landmarks()[13]
-    parts.append(sphere(mouth - [0, 0, 0.08 * size], 0.04 * size))
-    return joined(*parts)
+    parts.append(sphere(0.04 * size, mouth - [0, 0, 0.08 * size], 2))
+    return join(*parts)
 
 
 def unwelded(v, f):
@@ -67,8 +53,8 @@ def variants():
     return {"centimetres": lambda v, f: (v * 100.0, f),
             "millimetres and moved": lambda v, f: (v * 1000.0 + [50.0, -1700.0, 20.0], f),
             "eyes and mouth interior": with_interiors,
-            "joined with a hat": lambda v, f: joined((v, f), sphere(v.mean(axis=0) + [0, 0.6 * np.ptp(v[:, 1]), 0],
-                                                                  0.1 * np.ptp(v[:, 1]))),
+            "joined with a hat": lambda v, f: join((v, f), sphere(0.1 * np.ptp(v[:, 1]),
+                                                                v.mean(axis=0) + [0, 0.6 * np.ptp(v[:, 1]), 0], 2)),
             "duplicate vertices": unwelded,
             "non-manifold fins": with_fins}
 
