@@ -214,18 +214,21 @@ def edit_prompt(prompt: str, instruction: str) -> str:
 
 
 def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
-         callbacks: RunCallbacks | None = None) -> Path:
+         callbacks: RunCallbacks | None = None, keypoints: "dict[str, Any] | None" = None) -> Path:
     """Edit the avatar of the finished run `parent_run_dir` by `instruction` into `run_dir` (resumable);
     return the directory with the exported, edited avatar.
 
     cfg.guidance.edit_mode picks IESD (HeadSculpt Eq. 7, w_e = cfg.guidance.edit_scale), or the ablations
     B3 (plain SDS with the instruction-altered prompt) and B5 (w_e = 1). With cfg.guidance.kind "ssd" the
     edit is HeadArtist's: SSD with the instruction-altered prompt, vertex offsets on the fixed SDF, then
-    texture. The prompt, the prior and the avatar's representation come from the parent.
+    texture. The prompt, the prior and the avatar's representation come from the parent; `keypoints`
+    (prior/keypoints.py, in the prior's own coordinates) give the edit guided landmarks on that prior,
+    e.g. for a parent made without landmark control.
     """
     from .guidance.factory import build_edit_guidance, build_guidance
     from .models.loading import load_diffusion_models
     from .prior import HeadPrior
+    from .prior.keypoints import keypoint_embedding
     from .stages.edit import run_edit
 
     parent = Path(parent_run_dir).resolve()
@@ -255,10 +258,14 @@ def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
     if run_dir.resolve() == parent:
         raise InputError("The edit's output folder is its parent run; choose another folder (an edit never "
                          "overwrites the avatar it starts from).")
+    prior = HeadPrior.load(parent / "prior")
+    if keypoints is not None:  # before anything is written: bad keypoints are refused first
+        prior.landmarks = keypoint_embedding(prior.vertices, prior.faces,
+                                             {name: prior.transform.to_normalised(p) for name, p in keypoints.items()})
+        g.landmarks = "prior"
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
 
-    prior = HeadPrior.load(parent / "prior")
     method = "ssd" if g.kind == "ssd" else g.edit_mode
     record = _start_record(run_dir, cfg, prior, kind="edit", parent=str(parent), parent_prompt=data.get("prompt"),
                            instruction=instruction, edit_mode=method)

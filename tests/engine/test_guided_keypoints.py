@@ -164,3 +164,25 @@ def test_parse_keypoints_refuses_booleans_and_non_mappings():
     points["chin"] = [True, 0.0, 0.0]
     with pytest.raises(InputError, match="three numbers"):
         parse_keypoints(points)
+
+
+def test_edit_with_bad_keypoints_is_refused_before_anything_is_written(suzanne, tmp_path, capsys):
+    from headsculpt_engine.config import preset_config
+
+    mesh, keypoint_file, points = suzanne
+    parent = tmp_path / "parent"
+    load_prior(mesh, detect_landmarks=False, sdf_resolution=16).save(parent / "prior")
+    (parent / "fine").mkdir()
+    (parent / "fine" / "checkpoint.pt").write_bytes(b"")  # never read: the keypoints are refused first
+    cfg = preset_config("tiny")
+    cfg.prompt, cfg.guidance.landmarks = "a monkey", "none"
+    (parent / "run.json").write_text(json.dumps({"status": "done", "config": cfg.to_dict(), "preset": "tiny"}))
+    far = good_points(points)
+    far["chin"] = [c + 0.5 for c in far["chin"]]
+    bad = tmp_path / "far.json"
+    bad.write_text(json.dumps({"keypoints": far}))
+    out = tmp_path / "edit"
+    assert main(["edit", "--from", str(parent), "--instruction", "make it golden", "--keypoints", str(bad),
+                 "--models", "tiny", "--out", str(out)]) == 2
+    assert "away from the mesh surface" in capsys.readouterr().err
+    assert not out.exists()
