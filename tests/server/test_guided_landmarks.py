@@ -85,9 +85,10 @@ def test_a_prior_without_landmarks_serves_only_jobs_without_landmark_control(cli
     info = client.post("/v1/priors", json=body(vertices, faces, detect_landmarks=False))
     assert info.status_code == 201, info.text
     assert info.json()["landmarks"]["status"] == "missing" and "left out on request" in info.json()["landmarks"]["message"]
+    assert info.json()["landmarks_requested"] is False
     job = {"kind": "generate", "prior_id": info.json()["prior_id"], "prompt": "a monkey", "preset": "tiny"}
     refused = client.post("/v1/jobs", json=job)
-    assert refused.status_code == 422 and "landmarks" in refused.json()["detail"], refused.text
+    assert refused.status_code == 422 and "no face landmarks" in refused.json()["detail"], refused.text
     accepted = client.post("/v1/jobs", json={**job, "landmarks": "none"})
     assert accepted.status_code == 202, accepted.text
     wait_state(client, accepted.json()["job_id"], ("done",))

@@ -213,7 +213,7 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             prior_info = priors.info(request.prior_id)
             if prior_info is None:
                 raise HTTPException(422, f"Unknown prior_id {request.prior_id!r}: upload the prior first.")
-            if request.landmarks == "prior" and prior_info.landmarks.count == 0 and not prior_info.is_flame:
+            if request.landmarks == "prior" and not prior_info.landmarks_requested:
                 raise HTTPException(422, "This prior has no face landmarks: upload it with keypoints marked on "
                                          "the face, or submit the job with \"landmarks\": \"none\".")
             priors.touch(request.prior_id)

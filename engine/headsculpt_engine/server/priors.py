@@ -216,7 +216,8 @@ class PriorStore:
                 info = PriorInfo(prior_id=prior_id, name=outcome["name"], vertex_count=outcome["vertex_count"],
                                  face_count=outcome["face_count"], is_flame=outcome["is_flame"],
                                  landmarks=_landmark_status(outcome["landmark_count"],
-                                                            outcome.get("detect_landmarks", True)))
+                                                            outcome.get("detect_landmarks", True)),
+                                 landmarks_requested=outcome.get("detect_landmarks", True))
                 (staging / "info.json").write_text(info.model_dump_json(indent=2))
                 final = self.root / f".staging-ready-{uuid.uuid4().hex}"
                 os.mkdir(final)  # only the prior and its info.json move into place

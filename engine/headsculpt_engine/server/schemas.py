@@ -56,6 +56,8 @@ class PriorInfo(BaseModel):
     face_count: int
     is_flame: bool
     landmarks: LandmarkStatus
+    # False for a prior uploaded with "detect_landmarks": false (only jobs without landmark control).
+    landmarks_requested: bool = True
 
 
 class GenerateRequest(_Strict):
