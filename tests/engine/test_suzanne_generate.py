@@ -19,7 +19,7 @@ from test_guided_keypoints import suzanne  # noqa: F401 (the module fixture: mes
 def quick_config(landmarks: str):
     cfg = preset_config("tiny")
     cfg.prompt, cfg.device = "a monkey head", "cpu"
-    cfg.coarse.iterations, cfg.fine.iterations = 2, 2
+    cfg.coarse.iterations, cfg.fine.iterations = 1, 1
     cfg.guidance.landmarks = landmarks
     return cfg
 

@@ -27,8 +27,8 @@ QUICK_BUILD = functools.partial(build_engine_prior, sdf_resolution=16)
 
 @pytest.fixture(scope="module")
 def head():
-    """The built-in head turned 90 degrees (facing +X, where detection would look in vain is beside
-    the point: keypoints skip detection) and its keypoints in that frame."""
+    """The built-in head turned to face +X (keypoints need no detection, so no orientation either) and
+    its keypoints in that frame."""
     mesh = trimesh.load(str(builtin_mesh_path()), process=False, force="mesh")
     turn = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
     vertices = np.asarray(mesh.vertices) @ turn.T
@@ -51,7 +51,8 @@ def client(tmp_path):
         yield test_client
 
 
-def stored(client_: TestClient, data: Path) -> list[str]:
+def stored(data: Path) -> list[str]:
+    """The priors kept in the data folder (staging folders left out)."""
     return sorted(p.name for p in (data / "priors").iterdir() if not p.name.startswith("."))
 
 
@@ -77,14 +78,15 @@ def test_bad_keypoints_are_refused_with_a_sentence_and_nothing_is_stored(client,
     response = client.post("/v1/priors", content=json.dumps(body(vertices, faces, keypoints=change(keypoints))),
                            headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and words in response.json()["detail"], response.text
-    assert stored(client, tmp_path) == []
+    assert stored(tmp_path) == []
 
 
 def test_a_prior_without_landmarks_serves_only_jobs_without_landmark_control(client, head, tmp_path):
     vertices, faces, _ = head
     info = client.post("/v1/priors", json=body(vertices, faces, detect_landmarks=False))
     assert info.status_code == 201, info.text
-    assert info.json()["landmarks"]["status"] == "missing" and "left out on request" in info.json()["landmarks"]["message"]
+    landmarks = info.json()["landmarks"]
+    assert landmarks["status"] == "missing" and "left out on request" in landmarks["message"]
     assert info.json()["landmarks_requested"] is False
     job = {"kind": "generate", "prior_id": info.json()["prior_id"], "prompt": "a monkey", "preset": "tiny"}
     refused = client.post("/v1/jobs", json=job)

@@ -201,8 +201,8 @@ def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | N
 
     Landmarks: from `landmark_file` (a .npy of vertex indices) when given, else detected on renders
     when `detect_landmarks`, else none; `keypoints` (guided landmarks, prior/keypoints.py: six named
-    points in the mesh's own coordinates) come before both. `sdf_resolution`: grid samples per axis (coarser is quicker
-    to build, for tests and previews). `cache_root`: see `prior_cache_dir`. Raises InputError for meshes that cannot serve as a prior.
+    points in the mesh's own coordinates) come before both. `sdf_resolution`: grid samples per axis
+    (coarser is quicker to build, for tests and previews). `cache_root`: see `prior_cache_dir`. Raises InputError for meshes that cannot serve as a prior.
     """
     say = progress or (lambda message: None)
     raw = source if isinstance(source, MeshArrays) else load_mesh_file(source)
