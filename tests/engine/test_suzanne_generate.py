@@ -19,7 +19,10 @@ from test_guided_keypoints import suzanne  # noqa: F401 (the module fixture: mes
 def quick_config(landmarks: str):
     cfg = preset_config("tiny")
     cfg.prompt, cfg.device = "a monkey head", "cpu"
+    # One iteration per stage and a small export: what is checked is that every stage runs on such a
+    # prior (about 45 s per run on the 2-core development machine under load, most of it set-up).
     cfg.coarse.iterations, cfg.fine.iterations = 1, 1
+    cfg.export.turntable_frames, cfg.export.texture_size = 1, 64
     cfg.guidance.landmarks = landmarks
     return cfg
 
