@@ -20,7 +20,8 @@ def quick_config(landmarks: str):
     cfg = preset_config("tiny")
     cfg.prompt, cfg.device = "a monkey head", "cpu"
     # One iteration per stage and a small export: what is checked is that every stage runs on such a
-    # prior (about 45 s per run on the 2-core development machine under load, most of it set-up).
+    # prior. Measured: 45 s for one run with the tiny models cached on the 2-core development machine;
+    # this test took 367 s in a fresh session (tiny models built first) at a load average of about 8.
     cfg.coarse.iterations, cfg.fine.iterations = 1, 1
     cfg.export.turntable_frames, cfg.export.texture_size = 1, 64
     cfg.guidance.landmarks = landmarks
