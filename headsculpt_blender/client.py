@@ -73,7 +73,8 @@ class EngineClient:
         return info
 
     def upload_prior(self, name: str, vertices: np.ndarray, faces: np.ndarray,
-                     landmark_indices: list[int] | None = None) -> dict:
+                     landmark_indices: list[int] | None = None, keypoints: dict | None = None,
+                     detect_landmarks: bool = True) -> dict:
         vertices = np.ascontiguousarray(vertices, dtype="<f4").reshape(-1, 3)
         faces = np.ascontiguousarray(faces, dtype="<i4").reshape(-1, 3)
         body = {"name": name, "vertex_count": int(len(vertices)), "face_count": int(len(faces)),
@@ -81,6 +82,10 @@ class EngineClient:
                 "faces_b64": base64.b64encode(faces.tobytes()).decode("ascii")}
         if landmark_indices is not None:
             body["landmark_indices"] = [int(index) for index in landmark_indices]
+        if keypoints is not None:
+            body["keypoints"] = keypoints
+        if not detect_landmarks:
+            body["detect_landmarks"] = False
         return self._json("POST", "/v1/priors", body, timeout=TRANSFER_TIMEOUT_S)
 
     def prior(self, prior_id: str) -> dict:

@@ -113,9 +113,11 @@ def poll_step(scene, settings: EngineSettings | None = None) -> bool:
 
 # -- worker functions (no bpy) ------------------------------------------------------------------------
 
-def work_prior(settings: EngineSettings, name: str, vertices, faces, landmark_indices=None) -> tuple:
+def work_prior(settings: EngineSettings, name: str, vertices, faces, landmarks: dict | None = None) -> tuple:
+    """Upload the prior; `landmarks`: the upload's landmark options (landmark_indices, keypoints,
+    detect_landmarks: see EngineClient.upload_prior)."""
     client = connect(settings)
-    return client, client.upload_prior(name, vertices, faces, landmark_indices)
+    return client, client.upload_prior(name, vertices, faces, **(landmarks or {}))
 
 
 def landmark_refusal(info: dict, name: str) -> str:
@@ -126,19 +128,22 @@ def landmark_refusal(info: dict, name: str) -> str:
     return f"{name} cannot serve as a head prior: {landmarks.get('message') or 'no face was found on it'}"
 
 
-def work_generate(settings: EngineSettings, name: str, vertices, faces, landmark_indices, job_list: list[dict]) -> dict:
+def work_generate(settings: EngineSettings, name: str, vertices, faces, landmarks: dict | None,
+                  job_list: list[dict]) -> dict:
     """Upload the prior once and submit the jobs (one, or one per variation); a prior without landmarks
-    is not submitted (the PriorInfo still comes back, so that the badge can say why)."""
-    client, info = work_prior(settings, name, vertices, faces, landmark_indices)
-    refusal = landmark_refusal(info, name)
+    is not submitted unless the jobs ask for no landmark control (the PriorInfo still comes back, so
+    that the badge can say why)."""
+    client, info = work_prior(settings, name, vertices, faces, landmarks)
+    no_control = all(job.get("landmarks") == "none" for job in job_list)
+    refusal = "" if no_control else landmark_refusal(info, name)
     if refusal:
         return {"prior": info, "jobs": [], "refusal": refusal}
     return {"prior": info, "jobs": [client.submit(dict(job, prior_id=info["prior_id"])) for job in job_list],
             "refusal": ""}
 
 
-def work_landmarks(settings: EngineSettings, name: str, vertices, faces, landmark_indices) -> dict:
-    client, info = work_prior(settings, name, vertices, faces, landmark_indices)
+def work_landmarks(settings: EngineSettings, name: str, vertices, faces, landmarks: dict | None) -> dict:
+    client, info = work_prior(settings, name, vertices, faces, landmarks)
     return {"prior": info, "png": client.landmark_preview(info["prior_id"])}
 
 

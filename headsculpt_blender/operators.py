@@ -8,7 +8,7 @@ from pathlib import Path
 
 import bpy
 
-from . import engine_setup, jobs, model_download
+from . import engine_setup, jobs, keypoints, model_download
 from .client import EngineError
 from .engine import LOCAL, engine_launcher
 from .preferences import TOKEN_PROP, engine_settings, preferences, setup_env_dir, user_dir
@@ -31,15 +31,16 @@ def refuse(operator, context, message: str) -> set:
     return {"CANCELLED"}
 
 
-def prior_key(obj) -> str:
+def prior_key(obj, landmark_mode: str = "auto") -> str:
+    """Which upload a remembered PriorInfo belongs to: the mesh, and how its landmarks were asked for."""
     vertex_count, face_count = object_counts(obj)
-    return f"{obj.name}:{vertex_count}:{face_count}"
+    return f"{obj.name}:{vertex_count}:{face_count}" + ("" if landmark_mode == "auto" else f":{landmark_mode}")
 
 
 def known_prior_info(scene, obj) -> dict | None:
     """The engine's PriorInfo for `obj`, when the last upload was this very mesh."""
     st = state(scene)
-    if obj is None or obj.type != "MESH" or not st.prior_info_json or st.prior_key != prior_key(obj):
+    if obj is None or obj.type != "MESH" or not st.prior_info_json or st.prior_key != prior_key(obj, st.landmark_mode):
         return None
     return json.loads(st.prior_info_json)
 
@@ -47,7 +48,7 @@ def known_prior_info(scene, obj) -> dict | None:
 def checked_prior(context):
     st = state(context.scene)
     obj = st.prior
-    verdict = object_badge(obj, known_prior_info(context.scene, obj))
+    verdict = object_badge(obj, known_prior_info(context.scene, obj), st.landmark_mode)
     if not verdict.usable:
         raise Refusal(verdict.text)
     return obj
@@ -79,14 +80,21 @@ def settings(context):
 
 
 def prior_payload(context, obj) -> tuple:
-    """The prior's arrays in the engine frame, plus the FLAME landmark indices from the preferences when
-    they apply (a FLAME mesh whose modifiers keep its 5023 vertices)."""
+    """The prior's arrays in the engine frame, and the upload's landmark options (jobs.work_prior) for
+    the panel's Landmarks choice: the keypoints marked on it, no detection, or (Find landmarks) the FLAME
+    landmark indices from the preferences when they apply (a FLAME mesh whose modifiers keep its 5023
+    vertices)."""
     vertices, faces = mesh_arrays(obj, context.evaluated_depsgraph_get())
-    path = preferences(context).flame_landmark_file
-    if not path or not is_flame_counts(*object_counts(obj)) or len(vertices) != FLAME_VERTEX_COUNT:
-        return vertices, faces, None
+    mode = state(context.scene).landmark_mode
     try:
-        return vertices, faces, load_landmark_indices(bpy.path.abspath(path), len(vertices))
+        if mode == "keypoints":
+            return vertices, faces, {"keypoints": keypoints.keypoints_payload(obj)}
+        if mode == "none":
+            return vertices, faces, {"detect_landmarks": False}
+        path = preferences(context).flame_landmark_file
+        if not path or not is_flame_counts(*object_counts(obj)) or len(vertices) != FLAME_VERTEX_COUNT:
+            return vertices, faces, {}
+        return vertices, faces, {"landmark_indices": load_landmark_indices(bpy.path.abspath(path), len(vertices))}
     except ValueError as error:
         raise Refusal(str(error)) from None
 
@@ -112,9 +120,16 @@ class HEADSCULPT_OT_generate(_HeadSculptOperator):
     bl_label = "Generate"
     bl_description = "Sculpt an avatar on the prior from the prompt (runs in the engine)"
 
+    landmarks: bpy.props.EnumProperty(items=[
+        ("panel", "As chosen", "The panel's Landmarks choice"),
+        ("none", "No landmark control", "Switch the panel's Landmarks to No landmark control, then generate")],
+        default="panel", options={"SKIP_SAVE"})
+
     def run(self, context):
         scene = context.scene
         st = state(scene)
+        if self.landmarks == "none":
+            st.landmark_mode = "none"
         prior = checked_prior(context)
         checked_text(st.prompt, "prompt")
         try:
@@ -127,8 +142,11 @@ class HEADSCULPT_OT_generate(_HeadSculptOperator):
         vertices, faces, landmarks = prior_payload(context, prior)
         job_list = [{"kind": "generate", "prompt": prompt, "negative_prompt": st.negative_prompt.strip(),
                      "seed": st.seed, "preset": st.preset, "guidance": st.guidance} for prompt in prompts]
+        if st.landmark_mode == "none":
+            for job in job_list:
+                job["landmarks"] = "none"
         names = [variation.name for variation in variations]
-        key = prior_key(prior)
+        key = prior_key(prior, st.landmark_mode)
         jobs.begin_job(scene, "generate", prompt=prompts[0], seed=st.seed, instruction="", parent_id="", prior=prior,
                        source=None, status="Uploading the prior and submitting the job", name=names[0])
 
@@ -213,7 +231,7 @@ class HEADSCULPT_OT_preview_landmarks(_HeadSculptOperator):
             raise Refusal("HeadSculpt is still busy; wait a moment.")
         engine = settings(context)
         vertices, faces, landmarks = prior_payload(context, obj)
-        key = prior_key(obj)
+        key = prior_key(obj, state(scene).landmark_mode)
         state(scene).status = "Finding landmarks on the prior"
 
         def apply(scene, result):
@@ -396,10 +414,98 @@ class HEADSCULPT_OT_download_models_cancel(_HeadSculptOperator):
         return {"FINISHED"}
 
 
+class HEADSCULPT_OT_mark_keypoints(bpy.types.Operator):
+    """A thin modal shell over keypoints.mark_hit: each left click on the prior marks the next keypoint
+    (shown as an empty on the mesh); Backspace steps back, Esc or right click stops. Viewport navigation
+    keeps working meanwhile."""
+
+    bl_idname = "headsculpt.mark_keypoints"
+    bl_label = "Mark keypoints"
+    bl_description = ("Click the face's keypoints on the prior (outer eye corners, nose tip, mouth corners, "
+                      "chin), for heads on which no face is found")
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return context.area is not None and context.area.type == "VIEW_3D"
+
+    def invoke(self, context, event):
+        st = state(context.scene)
+        if st.prior is None or st.prior.type != "MESH":
+            return refuse(self, context, "Pick the head mesh as the prior first, then mark its keypoints.")
+        st.landmark_mode = "keypoints"
+        missing = [name for name in keypoints.NAMES if name not in keypoints.keypoint_objects(st.prior)]
+        self.order = missing or list(keypoints.NAMES)  # all marked already: go round again, moving them
+        self.step = 0
+        context.window_manager.modal_handler_add(self)
+        self._prompt(context)
+        return {"RUNNING_MODAL"}
+
+    def _prompt(self, context) -> None:
+        name = self.order[self.step]
+        context.area.header_text_set(f"Click the {keypoints.describe(name)} "
+                                     f"({self.step + 1} of {len(self.order)}); Backspace: back, Esc: stop")
+
+    def _finish(self, context, message: str) -> set:
+        context.area.header_text_set(None)
+        state(context.scene).status = message
+        return {"FINISHED"}
+
+    def modal(self, context, event):
+        st = state(context.scene)
+        if event.type in {"ESC", "RIGHTMOUSE"} and event.value == "PRESS":
+            marked = len(keypoints.keypoint_objects(st.prior))
+            return self._finish(context, f"{marked} of {len(keypoints.NAMES)} keypoints marked")
+        if event.type == "BACK_SPACE" and event.value == "PRESS" and self.step > 0:
+            self.step -= 1
+            keypoints.remove_keypoint(st.prior, self.order[self.step])
+            self._prompt(context)
+            return {"RUNNING_MODAL"}
+        if event.type == "LEFTMOUSE" and event.value == "PRESS":
+            from bpy_extras import view3d_utils
+
+            spot = (event.mouse_region_x, event.mouse_region_y)
+            origin = view3d_utils.region_2d_to_origin_3d(context.region, context.region_data, spot)
+            direction = view3d_utils.region_2d_to_vector_3d(context.region, context.region_data, spot)
+            hit, location, _, _, obj, _ = context.scene.ray_cast(context.evaluated_depsgraph_get(), origin, direction)
+            if hit and keypoints.mark_hit(st.prior, self.order[self.step], obj, location):
+                self.step += 1
+                if self.step == len(self.order):
+                    return self._finish(context, "All keypoints marked: Generate uses them")
+                self._prompt(context)
+            return {"RUNNING_MODAL"}
+        return {"PASS_THROUGH"}
+
+
+class HEADSCULPT_OT_save_keypoints(_HeadSculptOperator):
+    bl_idname = "headsculpt.save_keypoints"
+    bl_label = "Save keypoints"
+    bl_description = ("Write the marked keypoints as the JSON file `headsculpt generate --keypoints` reads, "
+                      "for the prior exported as OBJ or glTF")
+
+    filepath: bpy.props.StringProperty(subtype="FILE_PATH", default="keypoints.json")
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def run(self, context):
+        prior = state(context.scene).prior
+        if prior is None:
+            raise Refusal("Pick the head mesh as the prior first, then mark its keypoints.")
+        try:
+            path = keypoints.save_keypoints(prior, bpy.path.abspath(self.filepath))
+        except (ValueError, OSError) as error:
+            raise Refusal(str(error)) from None
+        state(context.scene).status = f"Keypoints saved to {path.name}"
+        return {"FINISHED"}
+
+
 CLASSES = (HEADSCULPT_OT_generate, HEADSCULPT_OT_edit, HEADSCULPT_OT_cancel, HEADSCULPT_OT_preview_landmarks,
            HEADSCULPT_OT_add_base_head, HEADSCULPT_OT_make_animatable, HEADSCULPT_OT_engine_start,
            HEADSCULPT_OT_engine_stop, HEADSCULPT_OT_setup_engine, HEADSCULPT_OT_setup_engine_cancel,
-           HEADSCULPT_OT_download_models, HEADSCULPT_OT_download_models_cancel)
+           HEADSCULPT_OT_download_models, HEADSCULPT_OT_download_models_cancel, HEADSCULPT_OT_mark_keypoints,
+           HEADSCULPT_OT_save_keypoints)
 
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

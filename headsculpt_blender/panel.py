@@ -5,10 +5,10 @@ import textwrap
 
 import bpy
 
-from . import engine_setup, jobs
+from . import engine_setup, jobs, keypoints
 from .operators import known_prior_info
 from .preferences import draw_engine_setup, local_engine_found, preferences
-from .prior import object_badge
+from .prior import NO_LANDMARK_CONTROL, object_badge
 from .properties import ACTIVE_STATES, PROP_INSTRUCTION, PROP_PROMPT, ActiveAvatarPoll, state
 
 
@@ -50,8 +50,9 @@ class HEADSCULPT_PT_main(_Panel):
         box = layout.box()
         box.label(text="Prior", icon="USER")
         box.prop(st, "prior", text="")
-        verdict = object_badge(st.prior, known_prior_info(context.scene, st.prior))
+        verdict = object_badge(st.prior, known_prior_info(context.scene, st.prior), st.landmark_mode)
         box.label(text=verdict.text, icon=verdict.icon)
+        draw_landmark_choice(box, st)
         row = box.row(align=True)
         row.operator("headsculpt.add_base_head", icon="ADD")
         row.operator("headsculpt.preview_landmarks", icon="HIDE_OFF")
@@ -89,6 +90,8 @@ class HEADSCULPT_PT_main(_Panel):
             col.alert = True
             for number, line in enumerate(_wrap(st.last_error, 48)):
                 col.label(text=line, icon="ERROR" if number == 0 else "BLANK1")
+        if no_face_found(st):
+            draw_no_face_offer(layout.box())
 
 
 class HEADSCULPT_PT_avatar(ActiveAvatarPoll, _Panel):
@@ -109,6 +112,31 @@ class HEADSCULPT_PT_avatar(ActiveAvatarPoll, _Panel):
         row.enabled = st.job_state not in ACTIVE_STATES
         row.operator("headsculpt.edit", icon="GREASEPENCIL")
         layout.operator("headsculpt.make_animatable", icon="ARMATURE_DATA")
+
+
+def draw_landmark_choice(box, st) -> None:
+    """The Landmarks choice, with the keypoint tools or the cost of no landmark control."""
+    box.prop(st, "landmark_mode", text="Landmarks")
+    if st.landmark_mode == "keypoints":
+        marked = len(keypoints.keypoint_objects(st.prior)) if st.prior is not None else 0
+        row = box.row(align=True)
+        row.operator("headsculpt.mark_keypoints", icon="RESTRICT_SELECT_OFF")
+        row.operator("headsculpt.save_keypoints", icon="EXPORT", text="")
+        box.label(text=f"{marked} of {len(keypoints.NAMES)} keypoints marked", icon="EMPTY_SINGLE_ARROW")
+    elif st.landmark_mode == "none":
+        box.label(text=NO_LANDMARK_CONTROL.capitalize(), icon="INFO")
+
+
+def no_face_found(st) -> bool:
+    """Whether the last failure was the engine finding no face on the prior (detection tried)."""
+    return st.landmark_mode == "auto" and "no face" in st.last_error.lower()
+
+
+def draw_no_face_offer(box) -> None:
+    """The two ways on for a head the engine finds no face on."""
+    box.label(text="No face found on this head. Either:", icon="QUESTION")
+    box.operator("headsculpt.mark_keypoints", icon="RESTRICT_SELECT_OFF")
+    box.operator("headsculpt.generate", text="Generate without landmark control", icon="SHADERFX").landmarks = "none"
 
 
 def _wrap(text: str, width: int) -> list[str]:

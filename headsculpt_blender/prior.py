@@ -15,6 +15,7 @@ from .frames import local_to_engine
 FLAME_VERTEX_COUNT = 5023
 FLAME_FACE_COUNTS = (9976, 10034)  # FLAME 2020 / 2023 (the latter with closed eye and mouth regions)
 MAX_FACES = 2_000_000  # the engine refuses more (api-contract: 413)
+NO_LANDMARK_CONTROL = "no landmark control: expect weaker view consistency"  # the engine's own words
 LANDMARK_COUNT = 478  # MediaPipe FaceMesh with irises
 
 
@@ -32,9 +33,9 @@ def is_flame_counts(vertex_count: int, face_count: int) -> bool:
 
 
 def badge(object_type: str | None, vertex_count: int = 0, face_count: int = 0,
-          prior_info: dict | None = None) -> Badge:
+          prior_info: dict | None = None, landmark_mode: str = "auto") -> Badge:
     """Describe a prior candidate. `face_count` counts triangles; `prior_info` is the engine's PriorInfo
-    for this very mesh, when it has been uploaded."""
+    for this very mesh, when it has been uploaded; `landmark_mode` the panel's Landmarks choice."""
     if object_type is None:
         return Badge("INFO", "Pick a head mesh in the scene, or add the base head", False)
     if object_type != "MESH":
@@ -45,8 +46,13 @@ def badge(object_type: str | None, vertex_count: int = 0, face_count: int = 0,
     if face_count > MAX_FACES:
         return Badge("ERROR", f"{face_count:,} triangles is more than the engine takes "
                               f"({MAX_FACES:,}): decimate the mesh", False)
+    if landmark_mode == "none":
+        return Badge("INFO", f"Head mesh ({vertex_count:,} vertices): {NO_LANDMARK_CONTROL}", True)
     if is_flame_counts(vertex_count, face_count):
         return Badge("CHECKMARK", f"FLAME head ({vertex_count} vertices, {face_count} faces)", True)
+    if prior_info is None and landmark_mode == "keypoints":
+        return Badge("QUESTION", f"Head mesh ({vertex_count:,} vertices): landmarks follow the keypoints "
+                                 "marked on it", True)
     if prior_info is None:
         return Badge("QUESTION", f"Other head mesh ({vertex_count:,} vertices, {face_count:,} triangles): "
                                  "landmarks are found on upload", True)
@@ -83,12 +89,12 @@ def object_counts(obj) -> tuple[int, int]:
     return vertex_count, int(np.maximum(totals - 2, 0).sum())
 
 
-def object_badge(obj, prior_info: dict | None) -> Badge:
+def object_badge(obj, prior_info: dict | None, landmark_mode: str = "auto") -> Badge:
     if obj is None:
         return badge(None)
     if obj.type != "MESH":
         return badge(obj.type)
-    return badge("MESH", *object_counts(obj), prior_info=prior_info)
+    return badge("MESH", *object_counts(obj), prior_info=prior_info, landmark_mode=landmark_mode)
 
 
 def load_landmark_indices(path: str | Path, vertex_count: int) -> list[int]:

@@ -23,6 +23,13 @@ GUIDANCE = [
     ("sds", "HeadSculpt SDS", "Score distillation with the landmark ControlNet (HeadSculpt)"),
     ("ssd", "HeadArtist SSD", "Self score distillation (HeadArtist)"),
 ]
+LANDMARK_MODES = [
+    ("auto", "Find landmarks", "The engine finds the face's landmarks on the prior (or takes FLAME's)"),
+    ("keypoints", "Marked keypoints", "Carry the landmark layout onto the prior through keypoints you mark on it "
+                                      "(for heads with no face the engine can find)"),
+    ("none", "No landmark control", "Generate with the plain diffusion model and view prompts: expect weaker "
+                                    "view consistency"),
+]
 ACTIVE_STATES = ("submitting", "queued", "running")
 
 # Custom properties that mark an object as a generated avatar.
@@ -49,6 +56,7 @@ class HeadSculptSceneState(bpy.types.PropertyGroup):
     seed: IntProperty(name="Seed", min=0, default=0)
     preset: EnumProperty(name="Quality", items=PRESETS, default="standard")
     guidance: EnumProperty(name="Guidance", items=GUIDANCE, default="sds")
+    landmark_mode: EnumProperty(name="Landmarks", items=LANDMARK_MODES, default="auto")
     edit_instruction: StringProperty(name="Instruction", description="How to change the avatar, "
                                                                       "e.g. \"make him older\"")
     edit_scale: FloatProperty(name="Edit scale", min=0.0, max=1.0, default=0.6,

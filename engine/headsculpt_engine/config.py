@@ -93,6 +93,10 @@ class GuidanceConfig:
     # How `edit` distils: "iesd" (Eq. 7), or the paper's ablations "b3" (a new fine stage guided by plain
     # SDS with the instruction-altered prompt, no InstructPix2Pix) and "b5" (IESD with w_e = 1).
     edit_mode: Literal["iesd", "b3", "b5"] = "iesd"
+    # "prior": the face ControlNet on the prior's landmark maps (both papers); "none": no landmark
+    # control at all, the plain diffusion model with view prompts (the density prior stays on), for heads
+    # with no face to mark. Not in either paper: it trades view consistency for reaching any head.
+    landmarks: Literal["prior", "none"] = "prior"
 
     @property
     def back_views(self) -> Literal["none", "oval"]:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 STAGES = ("coarse", "fine", "export")
 MAX_PROMPT_CHARS = 500
+# What the run record (and the CLI, and the add-on's panel) says of a run with guidance.landmarks "none".
+NO_LANDMARK_CONTROL = "no landmark control: expect weaker view consistency"
 
 
 def validate_prompt(prompt: str, what: str = "prompt") -> str:
@@ -85,8 +87,15 @@ def _start_record(run_dir: Path, cfg: RunConfig, prior: "HeadPrior", kind: str, 
                   prior={"hash": prior.content_hash, "is_flame": prior.is_flame,
                          # The axis turn the orientation search applied (identity: the file's own axes).
                          "rotation": prior.transform.as_dict()["rotation"]}, versions=library_versions(),
-                  created_at=record.data.get("created_at", time.time()), status="running", **identity)
+                  created_at=record.data.get("created_at", time.time()), status="running",
+                  landmark_control=landmark_control(cfg), **identity)
     return record
+
+
+def landmark_control(cfg: RunConfig) -> str:
+    """How the run's views are steered: the prior's landmark maps, or nothing (and what that costs)."""
+    return NO_LANDMARK_CONTROL if cfg.guidance.landmarks == "none" else "landmark maps of the prior"
+
 
 
 def _choose_ssd_models(cfg: RunConfig) -> None:
@@ -131,7 +140,8 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
 
     # Models first: a missing model fails before anything is written.
     _choose_ssd_models(cfg)
-    models = load_diffusion_models(cfg.models, device) if {"coarse", "fine"} & set(stages) else None
+    models = load_diffusion_models(cfg.models, device, with_face=cfg.guidance.landmarks != "none") \
+        if {"coarse", "fine"} & set(stages) else None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = _start_record(run_dir, cfg, prior, kind="generate")
@@ -206,18 +216,21 @@ def edit_prompt(prompt: str, instruction: str) -> str:
 
 
 def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
-         callbacks: RunCallbacks | None = None) -> Path:
+         callbacks: RunCallbacks | None = None, keypoints: "dict[str, Any] | None" = None) -> Path:
     """Edit the avatar of the finished run `parent_run_dir` by `instruction` into `run_dir` (resumable);
     return the directory with the exported, edited avatar.
 
     cfg.guidance.edit_mode picks IESD (HeadSculpt Eq. 7, w_e = cfg.guidance.edit_scale), or the ablations
     B3 (plain SDS with the instruction-altered prompt) and B5 (w_e = 1). With cfg.guidance.kind "ssd" the
     edit is HeadArtist's: SSD with the instruction-altered prompt, vertex offsets on the fixed SDF, then
-    texture. The prompt, the prior and the avatar's representation come from the parent.
+    texture. The prompt, the prior and the avatar's representation come from the parent; `keypoints`
+    (prior/keypoints.py, in the prior's own coordinates) give the edit guided landmarks on that prior,
+    e.g. for a parent made without landmark control.
     """
     from .guidance.factory import build_edit_guidance, build_guidance
     from .models.loading import load_diffusion_models
     from .prior import HeadPrior
+    from .prior.keypoints import keypoint_embedding
     from .stages.edit import run_edit
 
     parent = Path(parent_run_dir).resolve()
@@ -236,6 +249,7 @@ def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
                          "(follow only the instruction).")
     parent_cfg = RunConfig.from_dict(data["config"])
     cfg.prompt, cfg.negative_prompt = parent_cfg.prompt, parent_cfg.negative_prompt
+    g.landmarks = parent_cfg.guidance.landmarks  # an edit steers its views as its parent did
     # The edit goes on training the parent's avatar, so it keeps its representation: the tet grid and
     # the colour field (whose architecture the coarse section describes).
     cfg.coarse = parent_cfg.coarse
@@ -246,10 +260,14 @@ def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
     if run_dir.resolve() == parent:
         raise InputError("The edit's output folder is its parent run; choose another folder (an edit never "
                          "overwrites the avatar it starts from).")
+    prior = HeadPrior.load(parent / "prior")
+    if keypoints is not None:  # before anything is written: bad keypoints are refused first
+        prior.landmarks = keypoint_embedding(prior.vertices, prior.faces,
+                                             {name: prior.transform.to_normalised(p) for name, p in keypoints.items()})
+        g.landmarks = "prior"
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
 
-    prior = HeadPrior.load(parent / "prior")
     method = "ssd" if g.kind == "ssd" else g.edit_mode
     record = _start_record(run_dir, cfg, prior, kind="edit", parent=str(parent), parent_prompt=data.get("prompt"),
                            instruction=instruction, edit_mode=method)
@@ -258,7 +276,7 @@ def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
     _seed_everything(cfg.seed)
     iesd = method in ("iesd", "b5")
     _choose_ssd_models(cfg)
-    models = load_diffusion_models(cfg.models, device, with_ip2p=iesd)
+    models = load_diffusion_models(cfg.models, device, with_ip2p=iesd, with_face=g.landmarks != "none")
     if iesd:
         guidance = build_edit_guidance(cfg, models, cfg.prompt, instruction, g.edit_scale)
     else:

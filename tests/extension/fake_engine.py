@@ -52,6 +52,7 @@ class FakeEngine:
         self.jobs: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
         self.landmark_uploads: list[list[int] | None] = []  # landmark_indices of each prior upload
+        self.upload_bodies: list[dict] = []  # each prior upload without its arrays
         self.lock = threading.Lock()
         engine = self
 
@@ -118,8 +119,11 @@ class FakeEngine:
         if len(vertices) != body["vertex_count"] or len(faces) != body["face_count"]:
             return self.send(handler, 422, {"detail": "The arrays do not match the counts."})
         self.landmark_uploads.append(body.get("landmark_indices"))
-        prior_id = hashlib.sha256(vertices.tobytes() + faces.tobytes()).hexdigest()[:16]
-        found = self.landmarks_found
+        self.upload_bodies.append({key: value for key, value in body.items() if not key.endswith("_b64")})
+        prior_id = hashlib.sha256(vertices.tobytes() + faces.tobytes() + json.dumps(
+            [body.get("keypoints"), body.get("detect_landmarks", True)]).encode()).hexdigest()[:16]
+        # As the engine: keypoints always place the landmarks, no detection places none.
+        found = body.get("keypoints") is not None or (self.landmarks_found and body.get("detect_landmarks", True))
         info = {"prior_id": prior_id, "name": body["name"], "vertex_count": len(vertices),
                 "face_count": len(faces), "is_flame": len(vertices) == FLAME[0] and len(faces) in FLAME[1],
                 "landmarks": {"status": "found" if found else "missing", "count": 478 if found else 0,

@@ -38,26 +38,26 @@ def mesh_body(vertices: np.ndarray, faces: np.ndarray, name: str = "mesh") -> di
             "faces_b64": base64.b64encode(np.asarray(faces, "<i4").tobytes()).decode()}
 
 
-def sized_build(vertices, faces, landmark_file, out_dir: Path) -> BuiltPrior:
+def sized_build(vertices, faces, landmark_file, out_dir: Path, **_) -> BuiltPrior:
     """A prior of a known size on disk: 100 KB."""
     out_dir.mkdir(parents=True)
     (out_dir / "payload.bin").write_bytes(b"\0" * 100_000)
     return BuiltPrior(is_flame=False, landmark_count=0)
 
 
-def refusing_build(vertices, faces, landmark_file, out_dir: Path) -> BuiltPrior:
+def refusing_build(vertices, faces, landmark_file, out_dir: Path, **_) -> BuiltPrior:
     """Writes part of a prior, then refuses the mesh, as the real builder may after caching."""
     out_dir.mkdir(parents=True)
     (out_dir / "mesh.npz").write_bytes(b"partial")
     raise InputError("This mesh is refused for the test.")
 
 
-def greedy_build(vertices, faces, landmark_file, out_dir: Path) -> BuiltPrior:
+def greedy_build(vertices, faces, landmark_file, out_dir: Path, **_) -> BuiltPrior:
     np.ones(2**28)  # 2 GiB, far over the test's memory cap
     raise AssertionError("the memory cap did not hold")
 
 
-def slow_build(vertices, faces, landmark_file, out_dir: Path) -> BuiltPrior:
+def slow_build(vertices, faces, landmark_file, out_dir: Path, **_) -> BuiltPrior:
     time.sleep(60)
     raise AssertionError("the time limit did not hold")
 

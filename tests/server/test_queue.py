@@ -52,7 +52,7 @@ class FakeJobs:
         (run_dir / "result" / "avatar.glb").write_bytes(b"glTF")
 
 
-def fake_build(vertices, faces, landmark_file, out_dir: Path) -> BuiltPrior:
+def fake_build(vertices, faces, landmark_file, out_dir: Path, **_) -> BuiltPrior:
     out_dir.mkdir(parents=True)
     np.save(out_dir / "vertices.npy", vertices)
     indices = np.load(landmark_file, allow_pickle=False) if landmark_file else np.zeros(0)

@@ -74,7 +74,8 @@ class EngineApi:
                                     f"version {API_VERSION}.")
 
     def upload_prior(self, name: str, vertices: np.ndarray, faces: np.ndarray,
-                     landmark_indices: list[int] | None) -> dict:
+                     landmark_indices: list[int] | None, keypoints: dict[str, list[float]] | None = None,
+                     detect_landmarks: bool = True) -> dict:
         vertices = np.ascontiguousarray(vertices, dtype="<f4")
         faces = np.ascontiguousarray(faces, dtype="<i4")
         body: dict[str, Any] = {
@@ -83,8 +84,12 @@ class EngineApi:
             "faces_b64": base64.b64encode(faces.tobytes()).decode("ascii")}
         if landmark_indices is not None:
             body["landmark_indices"] = landmark_indices
+        if keypoints is not None:
+            body["keypoints"] = keypoints
+        if not detect_landmarks:
+            body["detect_landmarks"] = False
         info = self.call("POST", "/v1/priors", json=body)
-        if not info.get("is_flame") and info.get("landmarks", {}).get("status") != "found":
+        if detect_landmarks and not info.get("is_flame") and info.get("landmarks", {}).get("status") != "found":
             raise InputError(f"The engine server found no face on the prior {name}: "
                              f"{info.get('landmarks', {}).get('message', '')}")
         return info

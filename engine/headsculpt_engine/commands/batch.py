@@ -65,7 +65,7 @@ def _run_local(args: argparse.Namespace, manifest) -> list:
 
     cfg = generation_config(args)
     print(f"Loading the head prior ({args.prior})...", flush=True)
-    prior = load_prior_option(args.prior, args.landmark_file)
+    prior = load_prior_option(args)
     bars = ProgressBars()
     try:
         with cancel_on_interrupt() as cancel_requested:
@@ -88,7 +88,8 @@ def _run_remote(args: argparse.Namespace, manifest) -> list:
         raise InputError(f"{', '.join(given)} apply to generations on this machine; jobs on a server run with the "
                          "models and settings the server was started with. Drop them, or leave out --server.")
     api = EngineApi(manifest.server, _token(args))
-    fields = {"preset": args.preset, "negative_prompt": args.negative_prompt, "guidance": args.guidance}
+    fields = {"preset": args.preset, "negative_prompt": args.negative_prompt, "guidance": args.guidance,
+              "landmarks": "none" if args.landmarks == "none" else "prior"}
     return run_remote(manifest, api, _prior_upload(args), fields, poll_s=args.poll)
 
 
@@ -109,7 +110,7 @@ def _token(args: argparse.Namespace) -> str:
 
 def _prior_upload(args: argparse.Namespace) -> dict:
     """The prior as the server takes it: the mesh file's own vertices and faces (the server finds the
-    landmarks itself, unless --landmark-file gives them)."""
+    landmarks itself, unless --landmark-file or --keypoints gives them, or --landmarks none needs none)."""
     import numpy as np
 
     from ..prior.builtin import builtin_mesh_path
@@ -124,4 +125,10 @@ def _prior_upload(args: argparse.Namespace) -> dict:
         except (OSError, ValueError) as error:
             raise InputError(f"The landmark file {args.landmark_file} cannot be read as a .npy array ({error}).") \
                 from None
-    return {"name": path.stem, "vertices": mesh.vertices, "faces": triangulate(mesh.faces), "landmark_indices": indices}
+    keypoints = None
+    if args.keypoints:
+        from ..prior.keypoints import read_keypoint_file
+
+        keypoints = {name: point.tolist() for name, point in read_keypoint_file(args.keypoints).items()}
+    return {"name": path.stem, "vertices": mesh.vertices, "faces": triangulate(mesh.faces), "landmark_indices": indices,
+            "keypoints": keypoints, "detect_landmarks": args.landmarks != "none"}

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .options import add_run_options
+from .options import add_keypoint_options, add_run_options
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
                         help="head mesh (OBJ, PLY, GLB) or 'builtin' (default); with --from-runs each run's own")
     parser.add_argument("--landmark-file", default=None, metavar="FILE.npy",
                         help="478 vertex indices (one per MediaPipe landmark) instead of automatic detection")
+    add_keypoint_options(parser, with_mode=False)
     parser.add_argument("--views", type=int, required=True, metavar="N", help="number of images to write")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="the dataset folder")
     parser.add_argument("--steps", type=int, default=30, help="sampling steps per image (default 30)")
@@ -94,7 +95,7 @@ def _prompt_sources(args: argparse.Namespace, cfg: "RunConfig") -> list["PromptS
 
     prompts = read_prompt_list(args.prompts)  # a bad prompts file is reported before the prior loads
     print(f"Loading the head prior ({args.prior})...", flush=True)
-    prior = load_prior_option(args.prior, args.landmark_file)
+    prior = load_prior_option(args)
     options = SamplingOptions(steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance_scale,
                               negative_prompt=args.negative_prompt or cfg.guidance.negative_prompt,
                               back_view_policy=cfg.guidance.back_views, controlnet_scale=cfg.guidance.controlnet_scale,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_run_options
+from .options import add_keypoint_options, add_run_options
 
 
 def register(subparsers) -> None:
@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="run folder of the edit (default: <RUN_DIR>-<instruction>); an existing edit there "
                              "is resumed")
+    add_keypoint_options(parser, with_mode=False)
     # The preset defaults to the parent's, so an edit of a draft run is a draft edit.
     add_run_options(parser, default_preset=None)
     parser.set_defaults(run=run)
@@ -35,12 +36,14 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import pipeline
+    from ..prior.keypoints import read_keypoint_file
     from ..stages.loop import RunCallbacks
     from .options import ProgressBars, cancel_on_interrupt, config_from_args, slug
 
     parent = Path(args.parent).expanduser()
     parent_record = pipeline.parent_record(parent)
     instruction = pipeline.validate_prompt(args.instruction, what="instruction")
+    keypoints = read_keypoint_file(args.keypoints) if args.keypoints else None
     if args.preset is None:
         args.preset = parent_record.get("preset") or "paper"
     cfg = config_from_args(args)
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with cancel_on_interrupt() as cancel_requested:
             callbacks = RunCallbacks(on_progress=bars, should_cancel=cancel_requested)
-            result_dir = pipeline.edit(parent, instruction, cfg, run_dir, callbacks)
+            result_dir = pipeline.edit(parent, instruction, cfg, run_dir, callbacks, keypoints=keypoints)
     finally:
         bars.close()
     print(f"Done: {result_dir / 'avatar.glb'} (also OBJ, texture, turntable in {result_dir})")

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .options import add_run_options
+from .options import add_keypoint_options, add_run_options
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -35,18 +35,18 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
                              "project's own neutral head (default)")
     parser.add_argument("--landmark-file", default=None, metavar="FILE.npy",
                         help="478 vertex indices (one per MediaPipe landmark) instead of automatic detection")
+    add_keypoint_options(parser)
     parser.add_argument("--guidance", choices=("sds", "ssd"), default="sds",
                         help="sds: HeadSculpt's landmark-ControlNet score distillation (default); "
                              "ssd: HeadArtist's self score distillation")
     add_run_options(parser)
 
 
-def load_prior_option(prior: str, landmark_file: str | None):
-    from ..prior import builtin_prior, load_prior
+def load_prior_option(args: argparse.Namespace):
+    """The prior that `add_generation_options`' prior options name."""
+    from .options import prior_from_args
 
-    if prior == "builtin":
-        return builtin_prior()
-    return load_prior(Path(prior).expanduser(), landmark_file=landmark_file)
+    return prior_from_args(args.prior, args.landmark_file, args.keypoints, getattr(args, "landmarks", "auto"))
 
 
 def generation_config(args: argparse.Namespace) -> "RunConfig":
@@ -56,6 +56,8 @@ def generation_config(args: argparse.Namespace) -> "RunConfig":
     cfg = config_from_args(args)
     cfg.negative_prompt = args.negative_prompt
     cfg.guidance.kind = args.guidance
+    if args.landmarks == "none":
+        cfg.guidance.landmarks = "none"
     return cfg
 
 
@@ -68,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     cfg.prompt = pipeline.validate_prompt(args.prompt)
     run_dir = Path(args.out or Path("out") / f"{slug(cfg.prompt)}-seed{cfg.seed}")
     print(f"Loading the head prior ({args.prior})...", flush=True)
-    prior = load_prior_option(args.prior, args.landmark_file)
+    prior = load_prior_option(args)
+    if cfg.guidance.landmarks == "none":
+        print(f"Note: {pipeline.NO_LANDMARK_CONTROL}.", flush=True)
     stages = pipeline.STAGES if args.stage == "all" else (args.stage,)
     bars = ProgressBars()
     print(f"Generating \"{cfg.prompt}\" (preset {cfg.preset}, seed {cfg.seed}) into {run_dir}", flush=True)

@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .options import add_keypoint_options
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -17,6 +19,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--landmark-file", type=Path, default=None,
                         help=".npy of 478 vertex indices, one per MediaPipe landmark (skips detection)")
+    add_keypoint_options(parser, with_mode=False)
     parser.add_argument("--size", type=int, default=512, help="map size in pixels (default 512)")
     parser.add_argument("--back-view", choices=["none", "oval"], default="oval",
                         help="back-view map: nothing, or the face oval only (default oval)")
@@ -28,20 +31,13 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..errors import InputError
-    from ..prior.builtin import builtin_prior
-    from ..prior.head import load_prior
     from ..prior.preview import VIEW_AZIMUTHS, contact_sheet, landmark_view_cameras
+    from .options import prior_from_args
 
     if args.size < 64 or args.size > 4096:
         raise InputError(f"--size {args.size} is out of range; use 64 to 4096 pixels.")
-    if args.prior == "builtin":
-        if args.landmark_file is not None:
-            raise InputError("The built-in head has its own landmarks; --landmark-file goes with a mesh given by --prior.")
-        print("loading the built-in head prior")
-        prior = builtin_prior()
-    else:
-        print(f"loading {args.prior}")
-        prior = load_prior(args.prior, landmark_file=args.landmark_file, progress=lambda m: print(f"  {m}"))
+    print("loading the built-in head prior" if args.prior == "builtin" else f"loading {args.prior}")
+    prior = prior_from_args(args.prior, args.landmark_file, args.keypoints, progress=lambda m: print(f"  {m}"))
     print(f"prior: {len(prior.vertices)} vertices, {len(prior.faces)} faces"
           f"{' (FLAME topology)' if prior.is_flame else ''}, hash {prior.content_hash}")
     assert prior.landmarks is not None

@@ -9,7 +9,7 @@ import re
 import signal
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..config import PRESETS, RunConfig, apply_overrides, preset_config
 from ..devices import DEVICE_HELP
@@ -106,3 +106,35 @@ class ProgressBars:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def add_keypoint_options(parser: argparse.ArgumentParser, with_mode: bool = True) -> None:
+    """`--keypoints` (guided landmarks) and, with `with_mode`, `--landmarks none` (no landmark control)."""
+    parser.add_argument("--keypoints", default=None, metavar="FILE.json",
+                        help="six keypoints marked on the prior (outer eye corners, nose tip, mouth corners, "
+                             "chin; see the README): the built-in head's landmark layout is carried onto the "
+                             "mesh through them, for heads with no face MediaPipe can find")
+    if with_mode:
+        parser.add_argument("--landmarks", choices=("auto", "none"), default="auto",
+                            help="auto: landmarks from --keypoints, --landmark-file or detection (default); "
+                                 "none: no landmark control, the plain diffusion model with view prompts "
+                                 "(expect weaker view consistency)")
+
+
+def prior_from_args(prior: str, landmark_file: "str | Path | None", keypoints: str | None, landmarks: str = "auto",
+                    progress: "Callable[[str], None] | None" = None):
+    """The head prior the options name; InputError for combinations that contradict each other."""
+    from ..prior import builtin_prior, load_prior
+    from ..prior.keypoints import read_keypoint_file
+
+    given = [flag for flag, value in (("--landmark-file", landmark_file), ("--keypoints", keypoints)) if value]
+    if len(given) > 1:
+        raise InputError("Give either --landmark-file or --keypoints, not both.")
+    if given and landmarks == "none":
+        raise InputError(f"--landmarks none generates without landmark control; drop {given[0]}.")
+    if prior == "builtin":
+        if given:
+            raise InputError(f"The built-in head has its own landmarks; {given[0]} goes with a mesh given by --prior.")
+        return builtin_prior()
+    return load_prior(Path(prior).expanduser(), landmark_file=landmark_file, detect_landmarks=landmarks != "none",
+                      keypoints=read_keypoint_file(keypoints) if keypoints else None, progress=progress)

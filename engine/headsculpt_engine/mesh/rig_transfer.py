@@ -22,14 +22,11 @@ INNER_SHARE, OUTER_SHARE = 0.02, 0.06
 
 def transfer(rig: "PriorRig", points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(joints (N, 4), weights (N, 4), targets (T, N, 3)) for avatar `points` in the prior's frame."""
-    import igl
+    from .closest import closest_on_surface
 
     v = rig.vertices.astype(np.float64)
-    squared, face, closest = igl.point_mesh_squared_distance(np.asarray(points, dtype=np.float64), v, rig.faces)
+    face, bary, distance = closest_on_surface(points, v, rig.faces)
     corners = rig.faces[face]
-    bary = igl.barycentric_coordinates(closest, v[corners[:, 0]], v[corners[:, 1]], v[corners[:, 2]])
-    bary = np.clip(np.nan_to_num(bary), 0.0, 1.0)
-    bary /= bary.sum(axis=1, keepdims=True).clip(1e-12)
 
     joints = np.zeros((len(points), 4), np.int64)
     weights = np.zeros((len(points), 4), np.float32)
@@ -44,7 +41,6 @@ def transfer(rig: "PriorRig", points: np.ndarray) -> tuple[np.ndarray, np.ndarra
         weights[:, : top.shape[1]] = top / top.sum(axis=1, keepdims=True).clip(1e-12)
 
     diagonal = float(np.linalg.norm(np.ptp(v, axis=0)))
-    distance = np.sqrt(squared)
     fade = np.clip((OUTER_SHARE * diagonal - distance) / ((OUTER_SHARE - INNER_SHARE) * diagonal), 0.0, 1.0)
     targets = (rig.targets[:, corners] * bary[None, :, :, None]).sum(axis=2) * fade[None, :, None]
     return joints, weights, targets.astype(np.float32)

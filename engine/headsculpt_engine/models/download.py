@@ -89,9 +89,11 @@ def is_hub_id(name: str) -> bool:
     return not (path.is_absolute() or name.startswith(".") or path.exists())
 
 
-def model_specs(cfg: ModelsConfig, with_ip2p: bool) -> list[ModelSpec]:
+def model_specs(cfg: ModelsConfig, with_ip2p: bool, with_face: bool = True) -> list[ModelSpec]:
     """The Hub repositories a run with `cfg` loads (local folders are not downloaded)."""
-    wanted = [(cfg.base, PIPELINE_PARTS), (cfg.face_controlnet, controlnet_parts(cfg.face_controlnet_subfolder))]
+    wanted = [(cfg.base, PIPELINE_PARTS)]
+    if with_face:
+        wanted.append((cfg.face_controlnet, controlnet_parts(cfg.face_controlnet_subfolder)))
     if with_ip2p:
         wanted.append((cfg.ip2p_controlnet, controlnet_parts()))
     return [ModelSpec(name, parts) for name, parts in wanted if is_hub_id(name)]

@@ -119,8 +119,10 @@ def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
-def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_ip2p: bool = False) -> DiffusionModels:
-    """Load the base model's parts and the ControlNets (the IP2P one only for editing)."""
+def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_ip2p: bool = False,
+                          with_face: bool = True) -> DiffusionModels:
+    """Load the base model's parts and the ControlNets (the IP2P one only for editing; the face one
+    unless the run has no landmark control, `with_face=False`: face_controlnet is then None)."""
     import torch
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -136,7 +138,7 @@ def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_
         from .download import fetch_missing, model_specs
         from .download_progress import TerminalProgress
 
-        fetch_missing(model_specs(cfg, with_ip2p), TerminalProgress())
+        fetch_missing(model_specs(cfg, with_ip2p, with_face), TerminalProgress())
 
     def load(cls, name: str, subfolder: str = "", **kwargs):
         return from_pretrained_offline(cls, name, subfolder, False, **kwargs)
@@ -146,7 +148,8 @@ def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_
     text_encoder = load(CLIPTextModel, cfg.base, "text_encoder", dtype=dtype)
     unet = load(UNet2DConditionModel, cfg.base, "unet", torch_dtype=dtype)
     vae = load(AutoencoderKL, cfg.base, "vae", torch_dtype=dtype)
-    face = load(ControlNetModel, cfg.face_controlnet, cfg.face_controlnet_subfolder, torch_dtype=dtype)
+    face = load(ControlNetModel, cfg.face_controlnet, cfg.face_controlnet_subfolder, torch_dtype=dtype) \
+        if with_face else None
     ip2p = load(ControlNetModel, cfg.ip2p_controlnet, "", torch_dtype=dtype) if with_ip2p else None
 
     return assemble_models(cfg, device, dtype, tokenizer=tokenizer, scheduler=scheduler, text_encoder=text_encoder,

@@ -8,20 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .assets import ASSETS_DIR, BASE_HEAD, BASE_HEAD_LANDMARKS, builtin_mesh_path  # noqa: F401 (re-exported)
 from .head import HeadPrior, load_prior
 from .landmarks import NUM_LANDMARKS, LandmarkEmbedding
-
-BASE_HEAD = "base_head.obj"
-BASE_HEAD_LANDMARKS = "base_head_landmarks.npz"
-# An installed engine wheel carries the two files in its package (`build.py build` puts them there); a
-# source checkout reads them from the repository's flame_assets/ (engine/headsculpt_engine/prior/ -> root).
-PACKAGED_ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
-CHECKOUT_ASSETS_DIR = Path(__file__).resolve().parents[3] / "flame_assets"
-ASSETS_DIR = PACKAGED_ASSETS_DIR if (PACKAGED_ASSETS_DIR / BASE_HEAD).is_file() else CHECKOUT_ASSETS_DIR
-
-
-def builtin_mesh_path() -> Path:
-    return ASSETS_DIR / BASE_HEAD
 
 
 def builtin_prior() -> HeadPrior:

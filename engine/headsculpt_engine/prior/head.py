@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import InputError
 from .density import DEFAULT_SHARPNESS, density_prior
 from .frame import PriorTransform
+from .keypoints import keypoint_embedding
 from .landmark_render import landmark_visibility, render_landmark_maps
 from .landmarks import LandmarkEmbedding, embedding_from_vertex_indices, read_landmark_file
 from .meshio import MeshArrays, clean_mesh, load_mesh_file
@@ -203,23 +204,31 @@ def _cached_detection(cache: Path, vertices: np.ndarray, faces: np.ndarray,
 
 def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | None" = None,
                detect_landmarks: bool = True, progress: Callable[[str], None] | None = None,
-               sdf_resolution: int = GRID_RESOLUTION, cache_root: Path | None = None) -> HeadPrior:
+               sdf_resolution: int = GRID_RESOLUTION, cache_root: Path | None = None,
+               keypoints: "dict[str, np.ndarray] | None" = None) -> HeadPrior:
     """Load a head mesh (a path to OBJ/PLY/GLB, or `MeshArrays` in the canonical frame) as a prior.
 
     Landmarks: from `landmark_file` (a .npy of vertex indices) when given, else detected on renders
     when `detect_landmarks` (turning the head by an axis rotation when it does not face +Z with +Y
-    up: the rotation joins the transform, so results still go back to the file's frame), else none.
-    `sdf_resolution`: grid samples per axis (coarser is quicker to build, for tests and previews). `cache_root`: see `prior_cache_dir`. Raises InputError for meshes that cannot serve as a prior.
+    up: the rotation joins the transform, so results still go back to the file's frame), else none;
+    `keypoints` (guided landmarks, prior/keypoints.py: six named points in the mesh's own
+    coordinates) come before both. `sdf_resolution`: grid samples per axis (coarser is quicker to
+    build, for tests and previews). `cache_root`: see `prior_cache_dir`. Raises InputError for meshes that cannot serve as a prior.
     """
     say = progress or (lambda message: None)
     raw = source if isinstance(source, MeshArrays) else load_mesh_file(source)
     mesh = clean_mesh(raw)
     transform = PriorTransform.fit(mesh.vertices)
     vertices = transform.to_normalised(mesh.vertices.astype(np.float64)).astype(np.float32)
+    # Guided landmarks first: bad keypoints are refused before anything is written.
+    guided = None if keypoints is None else keypoint_embedding(
+        vertices, mesh.faces, {name: transform.to_normalised(point) for name, point in keypoints.items()})
     hash_ = content_hash(mesh)
     cache = prior_cache_dir(hash_, cache_root)
     cache.mkdir(parents=True, exist_ok=True)
-    if landmark_file is not None:
+    if guided is not None:
+        landmarks = guided
+    elif landmark_file is not None:
         # Indices refer to the mesh as given; cleaning keeps vertices, so they still apply.
         landmarks = embedding_from_vertex_indices(read_landmark_file(landmark_file), mesh.faces, len(vertices))
     elif detect_landmarks:

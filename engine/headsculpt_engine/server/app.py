@@ -210,8 +210,12 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
                                      f"only (started with --preset-limit {options.preset_limit}).")
         data = request.model_dump()
         if request.kind == "generate":
-            if priors.info(request.prior_id) is None:
+            prior_info = priors.info(request.prior_id)
+            if prior_info is None:
                 raise HTTPException(422, f"Unknown prior_id {request.prior_id!r}: upload the prior first.")
+            if request.landmarks == "prior" and not prior_info.landmarks_requested:
+                raise HTTPException(422, "This prior has no face landmarks: upload it with keypoints marked on "
+                                         "the face, or submit the job with \"landmarks\": \"none\".")
             priors.touch(request.prior_id)
         else:
             parent = store.get(request.parent_job_id)

@@ -50,8 +50,9 @@ class BuiltPrior:
     landmark_count: int
 
 
-# build(vertices, faces, landmark_file or None, out_dir) -> BuiltPrior; writes the prior into out_dir.
-BuildPrior = Callable[[np.ndarray, np.ndarray, "Path | None", Path], BuiltPrior]
+# build(vertices, faces, landmark_file or None, out_dir, keypoint_file=None, detect_landmarks=True) -> BuiltPrior;
+# writes the prior into out_dir.
+BuildPrior = Callable[..., BuiltPrior]
 
 
 def decode_mesh(upload: PriorUpload) -> tuple[np.ndarray, np.ndarray]:
@@ -94,23 +95,32 @@ def _decode_array(field: str, text: str, count: int, dtype: str, count_field: st
     return np.frombuffer(raw, dtype=dtype).reshape(count, 3).astype(dtype[1:])
 
 
-def prior_id_of(vertices: np.ndarray, faces: np.ndarray, landmark_indices: list[int] | None) -> str:
+def prior_id_of(vertices: np.ndarray, faces: np.ndarray, landmark_indices: list[int] | None,
+                keypoints: dict | None = None, detect_landmarks: bool = True) -> str:
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(vertices, "<f4").tobytes())
     digest.update(np.ascontiguousarray(faces, "<i4").tobytes())
     digest.update(json.dumps(landmark_indices).encode())
+    if keypoints is not None or not detect_landmarks:  # added only then: earlier priors keep their ids
+        digest.update(json.dumps([keypoints, detect_landmarks], sort_keys=True).encode())
     return digest.hexdigest()[:24]
 
 
 def build_engine_prior(vertices: np.ndarray, faces: np.ndarray, landmark_file: Path | None,
-                       out_dir: Path) -> BuiltPrior:
+                       out_dir: Path, keypoint_file: Path | None = None, detect_landmarks: bool = True,
+                       sdf_resolution: int | None = None) -> BuiltPrior:
     """The real builder: the engine's prior loader (validation, normalisation, landmark detection).
     Its cache goes in a folder beside `out_dir` (the upload's staging folder), dropped after the
-    build: the saved prior holds the grid and landmarks, so nothing is written outside the data folder."""
+    build: the saved prior holds the grid and landmarks, so nothing is written outside the data folder.
+    `sdf_resolution`: the grid's samples per axis (None: the engine's default; tests build coarser)."""
     from ..prior import MeshArrays, load_prior
+    from ..prior.keypoints import read_keypoint_file
 
+    keypoints = read_keypoint_file(keypoint_file) if keypoint_file is not None else None
     with tempfile.TemporaryDirectory(prefix="cache-", dir=out_dir.parent) as cache:
-        prior = load_prior(MeshArrays(vertices, faces), landmark_file=landmark_file, cache_root=Path(cache))
+        prior = load_prior(MeshArrays(vertices, faces), landmark_file=landmark_file, cache_root=Path(cache),
+                           keypoints=keypoints, detect_landmarks=detect_landmarks,
+                           **({} if sdf_resolution is None else {"sdf_resolution": sdf_resolution}))
         prior.save(out_dir)
     found = int(np.isfinite(np.asarray(prior.landmark_points())).all(axis=-1).sum())
     return BuiltPrior(is_flame=bool(prior.is_flame), landmark_count=found)
@@ -135,7 +145,11 @@ def write_landmark_preview(prior_dir: Path, out_path: Path) -> Path:
     return out_path
 
 
-def _landmark_status(count: int) -> LandmarkStatus:
+def _landmark_status(count: int, detect: bool = True) -> LandmarkStatus:
+    if not count and not detect:
+        return LandmarkStatus(status="missing", count=0, message=(
+            "Landmarks were left out on request: jobs on this prior need \"landmarks\": \"none\" (no landmark "
+            "control: expect weaker view consistency)."))
     if count == LANDMARK_COUNT:
         return LandmarkStatus(status="found", count=count, message="All 478 face landmarks were found.")
     if count:
@@ -201,7 +215,9 @@ class PriorStore:
             if status == 201:
                 info = PriorInfo(prior_id=prior_id, name=outcome["name"], vertex_count=outcome["vertex_count"],
                                  face_count=outcome["face_count"], is_flame=outcome["is_flame"],
-                                 landmarks=_landmark_status(outcome["landmark_count"]))
+                                 landmarks=_landmark_status(outcome["landmark_count"],
+                                                            outcome.get("detect_landmarks", True)),
+                                 landmarks_requested=outcome.get("detect_landmarks", True))
                 (staging / "info.json").write_text(info.model_dump_json(indent=2))
                 final = self.root / f".staging-ready-{uuid.uuid4().hex}"
                 os.mkdir(final)  # only the prior and its info.json move into place

@@ -52,6 +52,7 @@ def job_config(request: dict[str, Any], options: ServerOptions) -> RunConfig:
     cfg.negative_prompt = request.get("negative_prompt", "")
     cfg.seed = int(request["seed"])
     cfg.guidance.kind = request.get("guidance", "sds")
+    cfg.guidance.landmarks = request.get("landmarks") or "prior"
     if request["kind"] == "edit":
         cfg.guidance.edit_scale = float(request["edit_scale"])
     return cfg

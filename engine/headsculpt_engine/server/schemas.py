@@ -36,6 +36,11 @@ class PriorUpload(_Strict):
     faces_b64: str
     landmark_indices: Annotated[list[Annotated[int, Field(ge=0)]] | None,
                                 Field(min_length=478, max_length=478)] = None
+    # Guided landmarks (prior/keypoints.py): {name: [x, y, z]} in the uploaded vertices' frame.
+    keypoints: Annotated[dict[Annotated[str, Field(max_length=40)], list[float]] | None,
+                         Field(max_length=16)] = None
+    # False: no detection (a prior for jobs with "landmarks": "none").
+    detect_landmarks: bool = True
 
 
 class LandmarkStatus(BaseModel):
@@ -51,6 +56,8 @@ class PriorInfo(BaseModel):
     face_count: int
     is_flame: bool
     landmarks: LandmarkStatus
+    # False for a prior uploaded with "detect_landmarks": false (only jobs without landmark control).
+    landmarks_requested: bool = True
 
 
 class GenerateRequest(_Strict):
@@ -61,6 +68,8 @@ class GenerateRequest(_Strict):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     preset: Preset
     guidance: Literal["sds", "ssd"] = "sds"
+    # "none": no landmark control (the plain diffusion model with view prompts).
+    landmarks: Literal["prior", "none"] = "prior"
 
 
 class EditRequest(_Strict):

@@ -60,22 +60,29 @@ def _prepare(staging: Path, priors_root: Path, build: BuildPrior) -> Outcome:
         return {"status": 413, "detail": str(error)}
     except BadPrior as error:
         return {"status": 422, "detail": str(error)}
-    prior_id = prior_id_of(vertices, faces, upload.landmark_indices)
+    prior_id = prior_id_of(vertices, faces, upload.landmark_indices, upload.keypoints, upload.detect_landmarks)
     described = {"prior_id": prior_id, "name": upload.name, "vertex_count": len(vertices),
                  "face_count": len(faces)}
     if (priors_root / prior_id / "info.json").is_file():
         return {"status": 200, **described}
-    landmark_file = None
+    landmark_file = keypoint_file = None
+    if upload.keypoints is not None:
+        # The engine's keypoint-file format (as `--keypoints`), checked by the builder.
+        keypoint_file = staging / "keypoints.json"
+        keypoint_file.write_text(json.dumps({"keypoints": upload.keypoints}))
     if upload.landmark_indices is not None:
         # The engine's landmark-file format (as `--landmark-file`): 478 vertex indices in .npy.
         landmark_file = staging / "landmark_indices.npy"
         np.save(landmark_file, np.asarray(upload.landmark_indices, dtype=np.int64))
+    detect = upload.detect_landmarks
     del upload
     try:
-        built = build(vertices, faces, landmark_file, staging / "prior")
+        built = build(vertices, faces, landmark_file, staging / "prior", keypoint_file=keypoint_file,
+                      detect_landmarks=detect)
     except HeadSculptError as error:
         return {"status": 422, "detail": str(error)}
-    return {"status": 201, **described, "is_flame": built.is_flame, "landmark_count": built.landmark_count}
+    return {"status": 201, **described, "is_flame": built.is_flame, "landmark_count": built.landmark_count,
+            "detect_landmarks": detect}
 
 
 def prepare_upload(staging: Path, priors_root: Path, build: BuildPrior, memory_bytes: int | None) -> None:

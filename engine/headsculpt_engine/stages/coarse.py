@@ -174,12 +174,13 @@ class CoarseStage:
         self.last_samples_evaluated = out.samples_evaluated
         with section("guidance"):
             g = self.cfg.guidance.resolution
-            landmarks = self.prior.landmark_maps(cameras.with_size(g, g), policy=self.cfg.guidance.back_views)
+            landmarks = None if self.cfg.guidance.landmarks == "none" else \
+                self.prior.landmark_maps(cameras.with_size(g, g), policy=self.cfg.guidance.back_views).to(self.device)
             # A normal warm-up as the authors' code does it: [normal map, opacity] is the latent itself.
             as_latent = draw.warmup and draw.shading == "normal" and c.warmup_as_latent
             images = torch.cat([out.image, out.opacity], dim=1) if as_latent else out.image
             guided = self.guidance(GuidanceInputs(images=images, cameras=cameras, as_latent=as_latent,
-                                                  landmark_maps=landmarks.to(self.device)))
+                                                  landmark_maps=landmarks))
             loss = guided.loss
             if c.lambda_entropy > 0:
                 loss = loss + entropy_lambda(c, iteration) * out.entropy

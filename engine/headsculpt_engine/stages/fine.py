@@ -179,7 +179,8 @@ class FineStage:
             background = 1.0 if draw.background is None else draw.background
             images, vertices, faces = self.render(cameras, draw.shading, light, draw.ambient, background)
         with section("guidance"):
-            landmark_maps = self.prior.landmark_maps(cameras, policy=cfg.guidance.back_views)
+            landmark_maps = None if cfg.guidance.landmarks == "none" else \
+                self.prior.landmark_maps(cameras, policy=cfg.guidance.back_views)
             out = self.guidance(GuidanceInputs(images=images, cameras=cameras, landmark_maps=landmark_maps,
                                                t_range=tuple(cfg.fine.t_range)))
             loss = out.loss
