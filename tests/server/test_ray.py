@@ -106,13 +106,13 @@ def test_a_killed_worker_requeues_its_job_which_resumes_from_its_checkpoint(ray_
 
 def test_a_killed_server_re_attaches_at_restart_and_runs_nothing_twice(ray_server, prior_id):
     with ray_server.client() as client:
-        jobs = [submit(client, prior_id, f"a marble bust of queen {i}")["job_id"] for i in range(3)]
+        jobs = [submit(client, prior_id, f"a marble bust of queen {i}")["job_id"] for i in range(2)]
         wait_for(client, jobs[0], ("running",), JOB_TIMEOUT_S, predicate=lambda job: job["iteration"] >= 1)
     ray_server.kill()  # SIGKILL: the actors are detached and go on running meanwhile
     ray_server.start()
     with ray_server.client() as client:
         finished = [wait_for(client, job_id, FINISHED, 2 * JOB_TIMEOUT_S) for job_id in jobs]
-    assert [job["state"] for job in finished] == ["done"] * 3, [job["message"] for job in finished]
+    assert [job["state"] for job in finished] == ["done"] * 2, [job["message"] for job in finished]
     assert all(len(runs(ray_server, job_id)) == 1 for job_id in jobs)
     assert f"job {jobs[0]}: re-attached to its Ray actor" in ray_server.log()
 

@@ -30,7 +30,7 @@ from ..errors import Cancelled, HeadSculptError, InputError
 from ..stages.loop import Progress, RunCallbacks
 from .runner import PipelineJobs, ServerOptions
 from .store import STOPPED_MESSAGE, JobRecord, JobStore
-from .worker import ProgressRecorder, failure_message
+from .worker import ProgressRecorder, QueueThread, failure_message
 
 log = logging.getLogger("headsculpt.server")
 
@@ -206,16 +206,14 @@ class _Running:
     cancel_sent_at: float | None = None
 
 
-class RayWorkers:
+class RayWorkers(QueueThread):
     """The `Worker` of a --ray server: dispatches queued jobs to actors while the cluster has free slots."""
 
     def __init__(self, store: JobStore, priors_root: Path, options: ServerOptions, cluster: Cluster):
+        super().__init__()
         self.store, self.priors_root, self.options, self.cluster = store, priors_root, options, cluster
         self._actor_class = ray.remote(JobActor)
         self._running: dict[str, _Running] = {}
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @classmethod
     def connect(cls, store: JobStore, priors_root: Path, options: ServerOptions) -> "RayWorkers":
@@ -223,18 +221,11 @@ class RayWorkers:
 
     def start(self) -> None:
         self._reattach()
-        self._thread = threading.Thread(target=self._loop, name="headsculpt-ray-dispatch", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
+        self._start_thread("headsculpt-ray-dispatch")
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop dispatching and leave the cluster. Running jobs go on there: the next start re-attaches."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        super().stop(timeout_s)
         ray.shutdown()
 
     def health(self) -> dict[str, Any]:
