@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from headsculpt_engine.server.ray_workers import RUNS_FILE, WORKER_DIED
+from headsculpt_engine.errors import InputError
+from headsculpt_engine.server.ray_workers import RUNS_FILE, SLOT_RESOURCE, WORKER_DIED, slot_options
 
 from .engine_server import EngineServer, wait_for
 from .ray_cluster import RayCluster, free_port
@@ -144,3 +145,10 @@ def test_a_cluster_without_the_engine_fails_at_start_with_a_sentence(ray_cluster
                          env={"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job_config)})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "The Ray cluster's workers cannot import headsculpt_engine" in result.stderr
+
+
+def test_a_job_asks_for_one_gpu_or_one_cpu_slot_and_a_cluster_with_neither_is_refused():
+    assert slot_options({"CPU": 16.0, "GPU": 4.0}) == {"num_gpus": 1, "num_cpus": 0}
+    assert slot_options({"CPU": 16.0, SLOT_RESOURCE: 2.0}) == {"num_cpus": 0, "resources": {SLOT_RESOURCE: 1}}
+    with pytest.raises(InputError, match="no GPU and no 'headsculpt_slot'"):
+        slot_options({"CPU": 16.0})
