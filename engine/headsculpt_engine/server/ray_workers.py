@@ -226,6 +226,8 @@ class RayWorkers(QueueThread):
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop dispatching and leave the cluster. Running jobs go on there: the next start re-attaches."""
         super().stop(timeout_s)
+        if self._running:
+            log.info("%d job(s) go on running on the Ray cluster; the next start re-attaches", len(self._running))
         ray.shutdown()
 
     def health(self) -> dict[str, Any]:
@@ -249,7 +251,10 @@ class RayWorkers(QueueThread):
             self._running[job_id] = _Running(actor, ProgressRecorder(self.store, job, threading.Event()))
         for name in ray.util.list_named_actors():
             if name.startswith(actor_name("")) and name[len(actor_name("")):] not in running:
-                ray.kill(ray.get_actor(name))
+                try:
+                    ray.kill(ray.get_actor(name))
+                except ValueError:  # it ended meanwhile
+                    pass
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
