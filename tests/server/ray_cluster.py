@@ -60,7 +60,7 @@ class RayCluster:
     def stop(self) -> None:
         """SIGTERM to the group (`ray start --block` then stops its processes), SIGKILL to what is left."""
         if self.proc is not None:
-            for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
                 try:
                     os.killpg(self.proc.pid, sig)
                 except ProcessLookupError:
