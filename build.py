@@ -36,7 +36,7 @@ TORCH_REQUIREMENT = "torch==2.13.0"
 BPY_REQUIREMENT = "bpy>=4.2,<4.6"
 # setuptools and wheel build the engine wheel that the extension zip carries (without build isolation).
 BUILD_REQUIREMENTS = ["setuptools>=68", "wheel"]
-REQUIREMENTS = [TORCH_REQUIREMENT, "-e", f"{ENGINE}[test]", BPY_REQUIREMENT, *BUILD_REQUIREMENTS]
+REQUIREMENTS = [TORCH_REQUIREMENT, "-e", f"{ENGINE}[test,ray]", BPY_REQUIREMENT, *BUILD_REQUIREMENTS]
 
 # The pinned dependency set, one file per platform, made by `python build.py lock` (uv pip compile).
 # torch and its CUDA packages are left out: which build of torch a machine needs is chosen at install
@@ -252,6 +252,7 @@ def cmd_lock(_: list[str]) -> int:
         env = dict(os.environ, MACOSX_DEPLOYMENT_TARGET=MACOS_DEPLOYMENT_TARGET)
         resolved = subprocess.run(
             [str(uv), "pip", "compile", str(ENGINE / "pyproject.toml"), str(inputs), "--extra", "test",
+             "--extra", "ray",
              "--python-version", f"{PYTHON_VERSION[0]}.{PYTHON_VERSION[1]}", "--python-platform", uv_platform,
              "--no-header", "--no-annotate", "--quiet"],
             capture_output=True, text=True, env=env)

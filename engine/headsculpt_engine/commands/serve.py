@@ -48,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "go first beyond it (default 2048)")
     parser.add_argument("--upload-timeout", type=float, default=600.0, metavar="S",
                         help="seconds a prior upload may take to be checked and prepared (default 600)")
+    parser.add_argument("--ray", default="", metavar="ADDRESS",
+                        help="run jobs on the Ray cluster at ADDRESS (HOST:PORT of its head node, or 'auto'), "
+                             "one job per GPU; --data must be a folder every node sees at the same path "
+                             "(needs the engine's ray extra; see docs/server.md)")
     parser.set_defaults(run=run)
 
 
@@ -126,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                             back_view_token_file=args.back_view_token, cpu_offload=args.cpu_offload,
                             allowed_hosts=(*LOOPBACK_NAMES, args.host) if loopback else (),
                             prior_cache_bytes=args.prior_cache_mb * 1024 * 1024,
-                            upload_timeout_s=args.upload_timeout)
+                            upload_timeout_s=args.upload_timeout, ray_address=args.ray)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(options, read_token(token_file))
 

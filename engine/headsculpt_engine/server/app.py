@@ -16,13 +16,14 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .. import API_VERSION, __version__
+from ..errors import InputError
 from .auth import BearerAuth
 from .files import regular_file
 from .hosts import HostCheck
 from .priors import BadPrior, BuildPrior, PriorStore, PriorTooLarge, build_engine_prior, write_landmark_preview
 from .runner import PipelineJobs, ServerOptions
 from .schemas import (ErrorBody, Health, JobEvent, JobInfo, JobList, JobRequest, PriorInfo, PriorUpload,
-                      validation_sentence)
+                      RayCluster, validation_sentence)
 from .store import JobRecord, JobStore
 from .uploads import UploadRunner
 from .worker import RunJob, Worker
@@ -87,7 +88,18 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         return {job.request.get("prior_id", "") for job in store.list() if job.state in ("queued", "running")}
 
     priors = PriorStore(options.data_dir, uploads.run, options.prior_cache_bytes, in_use=priors_in_use)
-    worker = Worker(store, run_job or PipelineJobs(store, priors.root, options))
+    if options.ray_address:  # jobs run on a Ray cluster; Ray is imported only then
+        try:
+            from .ray_workers import RayWorkers
+        except ModuleNotFoundError as error:
+            if (error.name or "").split(".")[0] != "ray":
+                raise
+            raise InputError("--ray needs Ray: install the engine's ray extra "
+                             "(pip install 'headsculpt-engine[ray]').") from None
+
+        worker: Worker | RayWorkers = RayWorkers.connect(store, priors.root, options)
+    else:
+        worker = Worker(store, run_job or PipelineJobs(store.jobs_dir, priors.root, options))
     # One upload at a time (each in its own process); the next one's body is not read meanwhile,
     # so waiting uploads cost no memory.
     upload_lock = asyncio.Lock()
@@ -129,8 +141,9 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
 
     @app.get("/v1/health", response_model=Health, tags=["public"])
     def health() -> Health:
+        cluster = RayCluster(**worker.health()) if options.ray_address else None
         return Health(status="ok", engine_version=__version__, api_version=API_VERSION,
-                      device=device_label(), models=options.models_label())
+                      device=device_label(), models=options.models_label(), cluster=cluster)
 
 
     def job_info(job: JobRecord) -> JobInfo:

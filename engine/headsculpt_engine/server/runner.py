@@ -9,7 +9,7 @@ from typing import Any
 from ..config import DEFAULT_BASE_MODEL, PRESETS, RunConfig, preset_config
 from ..errors import InputError
 from ..stages.loop import RunCallbacks
-from .store import JobRecord, JobStore
+from .store import JobRecord
 from .uploads import DEFAULT_MEMORY_BYTES
 
 
@@ -28,6 +28,8 @@ class ServerOptions:
     prior_cache_bytes: int = 2048 * 1024 * 1024  # uploaded priors beyond this: least recently used go
     upload_timeout_s: float = 600.0  # checking and preparing one uploaded prior
     upload_memory_bytes: int = DEFAULT_MEMORY_BYTES  # its memory cap
+    # `serve --ray ADDRESS`: jobs run on that Ray cluster (ray_workers.py); empty: the local worker.
+    ray_address: str = ""
 
     def allowed_presets(self) -> tuple[str, ...]:
         """PRESETS runs from heaviest to lightest: the limit and everything lighter."""
@@ -61,8 +63,9 @@ def job_config(request: dict[str, Any], options: ServerOptions) -> RunConfig:
 class PipelineJobs:
     """`Worker(run_job=PipelineJobs(...))`: runs generate and edit jobs with the engine's pipeline."""
 
-    def __init__(self, store: JobStore, priors_root: Path, options: ServerOptions):
-        self.store, self.priors_root, self.options = store, priors_root, options
+    def __init__(self, jobs_dir: Path, priors_root: Path, options: ServerOptions):
+        # Folders, not the job store: a Ray worker runs this too, and never opens the job table.
+        self.jobs_dir, self.priors_root, self.options = jobs_dir, priors_root, options
 
     def __call__(self, job: JobRecord, run_dir: Path, callbacks: RunCallbacks) -> None:
         from .. import pipeline
@@ -76,7 +79,7 @@ class PipelineJobs:
                 raise InputError("The job's prior was removed from the engine; upload it again and resubmit.")
             pipeline.generate(cfg, load_engine_prior(prior_dir), run_dir, callbacks)
         else:
-            parent_dir = self.store.run_dir(job.request["parent_job_id"])
+            parent_dir = self.jobs_dir / job.request["parent_job_id"]
             if not parent_dir.is_dir():
                 raise InputError("The job this edit starts from was deleted; generate it again first.")
             pipeline.edit(parent_dir, job.request["instruction"], cfg, run_dir, callbacks)

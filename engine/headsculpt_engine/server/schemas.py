@@ -20,12 +20,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class RayCluster(BaseModel):
+    """The Ray cluster a `serve --ray` server runs its jobs on."""
+
+    address: str
+    nodes: int  # live nodes
+    gpus: int
+    slots: int  # jobs it runs at once: its GPUs, or its headsculpt_slot resources on CPUs
+    running: int  # jobs running there now
+    dashboard_url: str  # Ray's own dashboard; empty when the cluster runs without it
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     engine_version: str
     api_version: int
     device: str
     models: str
+    cluster: RayCluster | None = None  # only on a server started with --ray
 
 
 class PriorUpload(_Strict):

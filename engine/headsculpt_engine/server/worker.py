@@ -83,33 +83,47 @@ class ProgressRecorder:
                             on_preview=self.on_preview)
 
 
-class Worker:
-    """Runs queued jobs one at a time in a daemon thread; `stop` lets the running job checkpoint."""
+class QueueThread:
+    """A daemon thread that takes jobs off the queue (`_loop`): `wake` on a submission, `stop` to end."""
 
-    def __init__(self, store: JobStore, run_job: RunJob, poll_interval_s: float = 1.0):
-        self.store, self.run_job = store, run_job
-        self.poll_interval_s = poll_interval_s
+    def __init__(self) -> None:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        resumed = self.store.requeue_interrupted()
-        if resumed:
-            log.info("%d interrupted job(s) queued to resume from their checkpoints", resumed)
-        self._thread = threading.Thread(target=self._loop, name="headsculpt-worker", daemon=True)
+    def _start_thread(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
 
     def wake(self) -> None:
         """A job was submitted: look at the queue now rather than at the next poll."""
         self._wake.set()
 
     def stop(self, timeout_s: float | None = None) -> None:
-        """Ask the running job to checkpoint and stop; it stays queued and resumes at next start."""
+        """Set the stopping flag (a running job sees it) and wait for the thread."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+
+class Worker(QueueThread):
+    """Runs queued jobs one at a time in a daemon thread; `stop` lets the running job checkpoint, and
+    it stays queued to resume at the next start."""
+
+    def __init__(self, store: JobStore, run_job: RunJob, poll_interval_s: float = 1.0):
+        super().__init__()
+        self.store, self.run_job = store, run_job
+        self.poll_interval_s = poll_interval_s
+
+    def start(self) -> None:
+        resumed = self.store.requeue_interrupted()
+        if resumed:
+            log.info("%d interrupted job(s) queued to resume from their checkpoints", resumed)
+        self._start_thread("headsculpt-worker")
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
