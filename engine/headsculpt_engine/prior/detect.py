@@ -23,8 +23,10 @@ DETECTION_FOV = 16.0
 SEARCH_RADIUS = 3  # pixels: a landmark just off the silhouette takes the nearest covered pixel
 
 NO_FACE_MESSAGE = ("MediaPipe found no face on renders of the prior mesh in any of the 24 axis-aligned "
-                   "orientations, so its landmarks cannot be placed automatically; give a landmark file (a .npy "
-                   f"of {NUM_LANDMARKS} vertex indices, one per MediaPipe landmark) with --landmark-file.")
+                   "orientations, so its landmarks cannot be placed automatically. Mark six keypoints on it "
+                   "(--keypoints FILE.json; Mark keypoints in Blender), or generate without landmark control "
+                   "(--landmarks none), or give a landmark file (a .npy of "
+                   f"{NUM_LANDMARKS} vertex indices, one per MediaPipe landmark) with --landmark-file.")
 
 
 def detection_cameras(device=None):
