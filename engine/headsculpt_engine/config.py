@@ -24,6 +24,8 @@ DEFAULT_IP2P_CONTROLNET = "lllyasviel/control_v11e_sd15_ip2p"
 HEADARTIST_BASE_MODEL = "stabilityai/stable-diffusion-2-1-base"
 # `headsculpt eval`'s CLIP: ViT-L/14, as HeadSculpt's Table 1 and HeadArtist's scores use.
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+# IP-Adapter for SD 1.5 (an image as prompt): its weights and its CLIP ViT-H/14 image encoder.
+DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
 
 
 @dataclass
@@ -53,6 +55,12 @@ class ModelsConfig:
     # it is off by default).
     channels_last: bool = True
     compile: bool = False
+    # Style LoRAs loaded into the UNet (files, folders or Hub ids; models/lora.py), each with its scale.
+    loras: tuple[str, ...] = ()
+    lora_scales: tuple[float, ...] = ()
+    # Where the IP-Adapter and its image encoder come from when a run has an image prompt
+    # (the h94/IP-Adapter layout: models/ip-adapter_sd15.safetensors, models/image_encoder/).
+    ip_adapter: str = DEFAULT_IP_ADAPTER
 
 
 @dataclass
@@ -93,6 +101,11 @@ class GuidanceConfig:
     # How `edit` distils: "iesd" (Eq. 7), or the paper's ablations "b3" (a new fine stage guided by plain
     # SDS with the instruction-altered prompt, no InstructPix2Pix) and "b5" (IESD with w_e = 1).
     edit_mode: Literal["iesd", "b3", "b5"] = "iesd"
+    # An image as prompt (IP-Adapter, guidance/image_prompt.py): the image file, its scale on front and
+    # side views, and on back views (0: a frontal reference would paint a face on the back of the head).
+    image: str = ""
+    image_scale: float = 1.0
+    image_back_scale: float = 0.0
 
     @property
     def back_views(self) -> Literal["none", "oval"]:

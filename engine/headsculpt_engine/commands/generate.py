@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_run_options
+from .options import add_run_options, add_style_options
 
 
 def register(subparsers) -> None:
@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="run folder (default: out/<prompt>-seed<seed>); an existing run there is resumed")
     add_run_options(parser)
+    add_style_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -43,9 +44,10 @@ def load_prior_option(prior: str, landmark_file: str | None):
 def run(args: argparse.Namespace) -> int:
     from .. import pipeline
     from ..stages.loop import RunCallbacks
-    from .options import ProgressBars, cancel_on_interrupt, config_from_args, slug
+    from .options import ProgressBars, apply_style_options, cancel_on_interrupt, config_from_args, slug
 
     cfg = config_from_args(args)
+    apply_style_options(cfg, args)
     cfg.prompt = pipeline.validate_prompt(args.prompt)
     cfg.negative_prompt = args.negative_prompt
     cfg.guidance.kind = args.guidance
