@@ -39,11 +39,12 @@ class LoadedLora:
         return {"source": self.source, "file": self.file, "sha256": self.sha256, "scale": self.scale}
 
 
-def lora_file(source: str, allow_download: bool) -> Path:
-    """The safetensors file a `--lora` value names (a Hub id is fetched into the cache if allowed)."""
+def lora_file(source: str, allow_download: bool, hub_only: bool = False) -> Path:
+    """The safetensors file a `--lora` value names (a Hub id is fetched into the cache if allowed).
+    `hub_only`: `source` is a Hub id whatever files exist (the server never reads a client-named path)."""
     from .download import ModelSpec, Part, cached_path, fetch_missing, is_hub_id
 
-    if not is_hub_id(source):
+    if not hub_only and not is_hub_id(source):
         path = Path(source).expanduser()
         path = path / LORA_WEIGHTS if path.is_dir() else path
         if not path.is_file():
