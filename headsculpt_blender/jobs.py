@@ -126,14 +126,21 @@ def landmark_refusal(info: dict, name: str) -> str:
     return f"{name} cannot serve as a head prior: {landmarks.get('message') or 'no face was found on it'}"
 
 
-def work_generate(settings: EngineSettings, name: str, vertices, faces, landmark_indices, job: dict) -> dict:
-    """Upload the prior and submit the job; a prior without landmarks is not submitted (the PriorInfo
-    still comes back, so that the badge can say why)."""
+def work_generate(settings: EngineSettings, name: str, vertices, faces, landmark_indices, job: dict,
+                  image: bytes | None = None) -> dict:
+    """Upload the prior (and the image prompt) and submit the job; a prior without landmarks is not
+    submitted (the PriorInfo still comes back, so that the badge can say why)."""
     client, info = work_prior(settings, name, vertices, faces, landmark_indices)
     refusal = landmark_refusal(info, name)
     if refusal:
         return {"prior": info, "job": None, "refusal": refusal}
-    return {"prior": info, "job": client.submit(dict(job, prior_id=info["prior_id"])), "refusal": ""}
+    job = with_image(client, dict(job, prior_id=info["prior_id"]), image)
+    return {"prior": info, "job": client.submit(job), "refusal": ""}
+
+
+def with_image(client, job: dict, image: bytes | None) -> dict:
+    """The job with its image prompt uploaded first and named by the engine's image_id."""
+    return job if image is None else dict(job, image_id=client.upload_image(image)["image_id"])
 
 
 def work_landmarks(settings: EngineSettings, name: str, vertices, faces, landmark_indices) -> dict:
@@ -141,8 +148,9 @@ def work_landmarks(settings: EngineSettings, name: str, vertices, faces, landmar
     return {"prior": info, "png": client.landmark_preview(info["prior_id"])}
 
 
-def work_submit(settings: EngineSettings, job: dict) -> dict:
-    return {"job": connect(settings).submit(job)}
+def work_submit(settings: EngineSettings, job: dict, image: bytes | None = None) -> dict:
+    client = connect(settings)
+    return {"job": client.submit(with_image(client, job, image))}
 
 
 def work_cancel(settings: EngineSettings, job_id: str) -> dict:

@@ -53,6 +53,15 @@ class HeadSculptSceneState(bpy.types.PropertyGroup):
                                                                       "e.g. \"make him older\"")
     edit_scale: FloatProperty(name="Edit scale", min=0.0, max=1.0, default=0.6,
                               description="w_e: weight of the instruction against the original prompt")
+    # Styles and an image as prompt (StyleAvatar3D): a LoRA by Hugging Face id, an image uploaded to the engine
+    lora: StringProperty(name="Style LoRA", description="Hugging Face id (owner/name) of a style LoRA in the "
+                                                       "engine's model cache; empty: the preferences' LoRA")
+    lora_scale: FloatProperty(name="LoRA scale", min=-2.0, max=2.0, soft_min=0.0, soft_max=1.5, default=1.0,
+                              description="How strongly the LoRA styles the avatar (0: not at all)")
+    image_path: StringProperty(name="Image", subtype="FILE_PATH",
+                               description="A reference image as prompt (IP-Adapter): front and side views follow it")
+    image_scale: FloatProperty(name="Image scale", min=0.0, max=2.0, default=1.0,
+                               description="How strongly front and side views follow the image")
 
     # The current job (kept in the file so that polling can resume)
     job_id: StringProperty()
