@@ -150,3 +150,43 @@ def test_the_run_record_names_each_lora_with_its_hash_and_the_image(tmp_path, ti
     image = tmp_path / "ref.png"
     assert record["image_prompt"] == {"file": str(image.resolve()),
                                       "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}
+
+
+def test_each_lora_takes_the_scale_after_it_on_generate_and_edit():
+    from headsculpt_engine.cli import build_parser
+    from headsculpt_engine.commands.options import apply_style_options
+
+    parser = build_parser()
+    args = parser.parse_args(["generate", "--prompt", "a clown", "--lora", "a/style", "--lora-scale", "0.5",
+                              "--lora", "b/other", "--image", "ref.png", "--image-scale", "0.3"])
+    cfg = preset_config("tiny")
+    apply_style_options(cfg, args)
+    assert cfg.models.loras == ("a/style", "b/other") and cfg.models.lora_scales == (0.5, 1.0)
+    assert cfg.guidance.image.endswith("ref.png") and cfg.guidance.image_scale == 0.3
+    edit = parser.parse_args(["edit", "--from", "run", "--instruction", "older", "--lora", "c/x"])
+    assert edit.loras == [["c/x", 1.0]]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["generate", "--prompt", "a clown", "--lora-scale", "0.5"])
+
+
+def test_the_cli_prints_the_lora_sentence_without_a_traceback(tmp_path, capsys):
+    from headsculpt_engine.cli import main
+
+    out = tmp_path / "run"
+    code = main(["generate", "--prompt", "a clown", "--preset", "tiny", "--offline", "--out", str(out),
+                 "--lora", foreign_lora(tmp_path, "shapes")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is for another architecture" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_download_models_knows_the_ip_adapter_files():
+    from headsculpt_engine.models.download import choose_files, specs_from_names
+
+    (spec,) = specs_from_names(["h94/IP-Adapter"])
+    listing = {"models/ip-adapter_sd15.safetensors": 44, "models/ip-adapter-plus_sd15.safetensors": 98,
+               "models/image_encoder/config.json": 1, "models/image_encoder/model.safetensors": 2500,
+               "models/image_encoder/pytorch_model.bin": 2500, "sdxl_models/ip-adapter_sdxl.safetensors": 700}
+    assert [path for path, _ in choose_files(spec.repo_id, spec.parts, listing)] == [
+        "models/image_encoder/config.json", "models/image_encoder/model.safetensors",
+        "models/ip-adapter_sd15.safetensors"]
