@@ -101,7 +101,7 @@ def _record_conditioning(record: RunRecord, models, image: Path | None) -> None:
     """Name the style LoRAs and the image prompt in run.json, each with its sha256."""
     from .models.lora import sha256_file
 
-    loras = [lora.record() for lora in models.loras] if models is not None else []
+    loras = [lora.record() for lora in models.loras]
     picture = {"file": str(image), "sha256": sha256_file(image)} if image is not None else None
     record.update(loras=loras, image_prompt=picture)
 
@@ -155,7 +155,8 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = _start_record(run_dir, cfg, prior, kind="generate")
-    _record_conditioning(record, models, image)
+    if models is not None:  # an export alone keeps what the training stages recorded
+        _record_conditioning(record, models, image)
     timings: dict[str, float] = dict(record.data.get("timings", {}))
 
     _seed_everything(cfg.seed)

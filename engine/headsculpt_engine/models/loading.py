@@ -139,6 +139,10 @@ def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_
 
     quiet_model_libraries()
     cfg = resolve_models_config(cfg)
+    if with_image_prompt and cfg.attention_slicing:
+        # diffusers' attention slicing replaces every attention processor, the IP-Adapter's included.
+        raise InputError("An image prompt cannot run with attention slicing (models.attention_slicing): the "
+                         "slicing would drop the IP-Adapter's attention; turn one of them off.")
     device = torch.device(device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.allow_download:

@@ -66,25 +66,23 @@ def lora_file(source: str, allow_download: bool, hub_only: bool = False) -> Path
     return Path(found)
 
 
-def read_lora(path: Path, source: str) -> dict[str, "torch.Tensor"]:
-    """The LoRA's UNet tensors in diffusers' naming (kohya/A1111 files converted by diffusers)."""
+def read_lora(path: Path, source: str) -> tuple[dict[str, "torch.Tensor"], dict[str, float] | None]:
+    """The LoRA's tensors in diffusers' naming (kohya/A1111 files converted by diffusers, their
+    per-layer alphas returned beside them)."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
     try:
-        raw = load_file(str(path))
-        state, alphas = StableDiffusionPipeline.lora_state_dict(raw)
+        state, alphas = StableDiffusionPipeline.lora_state_dict(load_file(str(path)))
     except Exception as error:  # safetensors and diffusers raise several kinds for a damaged file
         raise InputError(f"The LoRA {source} could not be read as LoRA weights ({type(error).__name__}); "
                          "pass a LoRA .safetensors file made for Stable Diffusion 1.5.") from error
-    if alphas:
-        raise InputError(f"The LoRA {source} carries per-layer alphas (an A1111/kohya file diffusers converts only "
-                         "for its pipelines); convert it to diffusers' format first.")
-    return {key[len(UNET_PREFIX):]: value for key, value in state.items() if key.startswith(UNET_PREFIX)}
+    return state, alphas
 
 
-def check_fits(unet, state: dict[str, "torch.Tensor"], source: str) -> None:
+def check_fits(unet, lora: dict[str, "torch.Tensor"], source: str) -> None:
     """Refuse a LoRA whose UNet keys name no layer of this UNet, or whose matrices have other shapes."""
+    state = {key[len(UNET_PREFIX):]: value for key, value in lora.items() if key.startswith(UNET_PREFIX)}
     if not state:
         raise InputError(f"The LoRA {source} has no UNet weights: it is not a style LoRA for this model.")
     layers = dict(unet.named_modules())
@@ -110,12 +108,12 @@ def apply_loras(unet, sources: Sequence[str], scales: Sequence[float], allow_dow
     if len(scales) != len(sources):
         raise InputError(f"{len(sources)} LoRA(s) and {len(scales)} scale(s): give each LoRA one scale.")
     files = [lora_file(source, allow_download) for source in sources]
-    states = [read_lora(path, source) for path, source in zip(files, sources)]
-    for state, source in zip(states, sources):
+    loras = [read_lora(path, source) for path, source in zip(files, sources)]
+    for (state, _), source in zip(loras, sources):
         check_fits(unet, state, source)
     names = [f"style{index}" for index in range(len(sources))]
-    for state, name in zip(states, names):
-        unet.load_lora_adapter(state, adapter_name=name, prefix=None)
+    for (state, alphas), name in zip(loras, names):
+        unet.load_lora_adapter(state, network_alphas=alphas, adapter_name=name, prefix="unet")
     unet.set_adapters(names, weights=[float(s) for s in scales])
     unet.requires_grad_(False)
     return [LoadedLora(source, str(path), sha256_file(path), float(scale))
