@@ -56,7 +56,7 @@ def read_image(path: str | Path) -> "Image.Image":
     try:
         with Image.open(file) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise InputError(f"The image prompt {file} could not be read as an image; pass a PNG or JPEG file.") from error
 
 

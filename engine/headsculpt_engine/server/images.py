@@ -45,7 +45,7 @@ class ImageStore:
                 rgb = image.convert("RGB")
         except BadImage:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             raise BadImage("The upload could not be read as an image; send a PNG or JPEG file.") from None
         buffer = io.BytesIO()
         rgb.save(buffer, format="PNG")
