@@ -88,6 +88,11 @@ class EngineClient:
             body["detect_landmarks"] = False
         return self._json("POST", "/v1/priors", body, timeout=TRANSFER_TIMEOUT_S)
 
+    def upload_image(self, data: bytes) -> dict:
+        """An image prompt's file bytes; the engine answers its image_id."""
+        body = {"data_b64": base64.b64encode(data).decode("ascii")}
+        return self._json("POST", "/v1/images", body, timeout=TRANSFER_TIMEOUT_S)
+
     def prior(self, prior_id: str) -> dict:
         return self._json("GET", f"/v1/priors/{_segment(prior_id)}")
 

@@ -129,17 +129,22 @@ def landmark_refusal(info: dict, name: str) -> str:
 
 
 def work_generate(settings: EngineSettings, name: str, vertices, faces, landmarks: dict | None,
-                  job_list: list[dict]) -> dict:
-    """Upload the prior once and submit the jobs (one, or one per variation); a prior without landmarks
-    is not submitted unless the jobs ask for no landmark control (the PriorInfo still comes back, so
-    that the badge can say why)."""
+                  job_list: list[dict], image: bytes | None = None) -> dict:
+    """Upload the prior once (and the image prompt) and submit the jobs (one, or one per variation); a
+    prior without landmarks is not submitted unless the jobs ask for no landmark control (the PriorInfo
+    still comes back, so that the badge can say why)."""
     client, info = work_prior(settings, name, vertices, faces, landmarks)
     no_control = all(job.get("landmarks") == "none" for job in job_list)
     refusal = "" if no_control else landmark_refusal(info, name)
     if refusal:
         return {"prior": info, "jobs": [], "refusal": refusal}
-    return {"prior": info, "jobs": [client.submit(dict(job, prior_id=info["prior_id"])) for job in job_list],
-            "refusal": ""}
+    fields = with_image(client, {"prior_id": info["prior_id"]}, image)
+    return {"prior": info, "jobs": [client.submit(dict(job, **fields)) for job in job_list], "refusal": ""}
+
+
+def with_image(client, job: dict, image: bytes | None) -> dict:
+    """The job with its image prompt uploaded first and named by the engine's image_id."""
+    return job if image is None else dict(job, image_id=client.upload_image(image)["image_id"])
 
 
 def work_landmarks(settings: EngineSettings, name: str, vertices, faces, landmarks: dict | None) -> dict:
@@ -147,8 +152,9 @@ def work_landmarks(settings: EngineSettings, name: str, vertices, faces, landmar
     return {"prior": info, "png": client.landmark_preview(info["prior_id"])}
 
 
-def work_submit(settings: EngineSettings, job: dict) -> dict:
-    return {"job": connect(settings).submit(job)}
+def work_submit(settings: EngineSettings, job: dict, image: bytes | None = None) -> dict:
+    client = connect(settings)
+    return {"job": client.submit(with_image(client, job, image))}
 
 
 def work_cancel(settings: EngineSettings, job_id: str, *queued_ids: str) -> dict:

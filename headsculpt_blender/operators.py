@@ -10,6 +10,7 @@ import bpy
 
 from . import engine_setup, jobs, keypoints, model_download
 from .client import EngineError
+from .styles import StyleRefusal, style_fields
 from .engine import LOCAL, engine_launcher
 from .preferences import TOKEN_PROP, engine_settings, preferences, setup_env_dir, user_dir
 from .prior import (FLAME_VERTEX_COUNT, is_flame_counts, load_landmark_indices, mesh_arrays, object_badge,
@@ -111,7 +112,7 @@ class _HeadSculptOperator(bpy.types.Operator):
     def execute(self, context):
         try:
             return self.run(context)
-        except (Refusal, EngineError) as error:
+        except (Refusal, EngineError, StyleRefusal) as error:
             return refuse(self, context, str(error))
 
 
@@ -140,8 +141,9 @@ class HEADSCULPT_OT_generate(_HeadSculptOperator):
         checked_idle(scene)
         engine = settings(context)
         vertices, faces, landmarks = prior_payload(context, prior)
+        styles, image = style_fields(st, preferences(context))
         job_list = [{"kind": "generate", "prompt": prompt, "negative_prompt": st.negative_prompt.strip(),
-                     "seed": st.seed, "preset": st.preset, "guidance": st.guidance} for prompt in prompts]
+                     "seed": st.seed, "preset": st.preset, "guidance": st.guidance, **styles} for prompt in prompts]
         if st.landmark_mode == "none":
             for job in job_list:
                 job["landmarks"] = "none"
@@ -159,7 +161,7 @@ class HEADSCULPT_OT_generate(_HeadSculptOperator):
             state(scene).status = "Job submitted" if count == 1 else f"{count} variations submitted"
 
         jobs.start(scene, "submitting the job", functools.partial(
-            jobs.work_generate, engine, prior.name, vertices, faces, landmarks, job_list), apply)
+            jobs.work_generate, engine, prior.name, vertices, faces, landmarks, job_list, image), apply)
         return {"FINISHED"}
 
 
@@ -177,8 +179,9 @@ class HEADSCULPT_OT_edit(ActiveAvatarPoll, _HeadSculptOperator):
         instruction = checked_text(st.edit_instruction, "instruction")
         checked_idle(scene)
         engine = settings(context)
+        styles, image = style_fields(st, preferences(context))
         job = {"kind": "edit", "parent_job_id": source[PROP_JOB], "instruction": instruction,
-               "edit_scale": st.edit_scale, "preset": st.preset, "seed": st.seed}
+               "edit_scale": st.edit_scale, "preset": st.preset, "seed": st.seed, **styles}
         jobs.begin_job(scene, "edit", prompt=str(source.get(PROP_PROMPT, "")), seed=st.seed,
                        instruction=instruction, parent_id=str(source[PROP_JOB]),
                        prior=scene.objects.get(source.get(PROP_PRIOR, "")), source=source,
@@ -188,7 +191,7 @@ class HEADSCULPT_OT_edit(ActiveAvatarPoll, _HeadSculptOperator):
             jobs.set_job(scene, result["job"])
             state(scene).status = "Edit submitted"
 
-        jobs.start(scene, "submitting the edit", functools.partial(jobs.work_submit, engine, job), apply)
+        jobs.start(scene, "submitting the edit", functools.partial(jobs.work_submit, engine, job, image), apply)
         return {"FINISHED"}
 
 

@@ -69,6 +69,12 @@ class HEADSCULPT_PT_main(_Panel):
         row.prop(st, "preset", text="")
         box.prop(st, "guidance", text="")
         box.prop(st, "variations")
+        row = box.row(align=True)
+        row.prop(st, "lora", text="", icon="BRUSHES_ALL")
+        row.prop(st, "lora_scale", text="Scale")
+        row = box.row(align=True)
+        row.prop(st, "image_path", text="", icon="IMAGE_DATA")
+        row.prop(st, "image_scale", text="Scale")
 
         row = layout.row(align=True)
         row.scale_y = 1.4

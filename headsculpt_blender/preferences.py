@@ -105,6 +105,9 @@ class HeadSculptPreferences(bpy.types.AddonPreferences):
                     "FLAME priors instead of letting the engine find the landmarks")
     extra_args: StringProperty(name="Extra options",
                                description="More `headsculpt serve` options, as on a command line")
+    lora: StringProperty(name="Style LoRA", description="Hugging Face id (owner/name) of a style LoRA every job "
+                                                       "uses unless the panel names one; empty: none")
+    lora_scale: FloatProperty(name="LoRA scale", min=-2.0, max=2.0, soft_min=0.0, soft_max=1.5, default=1.0)
     poll_interval: FloatProperty(name="Refresh every", default=1.0, min=0.2, max=30.0, unit="TIME_ABSOLUTE",
                                  subtype="TIME_ABSOLUTE")
 
@@ -133,6 +136,9 @@ class HeadSculptPreferences(bpy.types.AddonPreferences):
             layout.prop(self, "remote_url")
             layout.prop(self, "remote_token")
         layout.prop(self, "flame_landmark_file")
+        row = layout.row()
+        row.prop(self, "lora")
+        row.prop(self, "lora_scale", text="Scale")
         layout.prop(self, "poll_interval")
 
 

@@ -64,6 +64,15 @@ class HeadSculptSceneState(bpy.types.PropertyGroup):
     variations: IntProperty(name="Variations", min=1, max=16, default=1,
                             description="How many avatars to make on the prior, side by side: write the "
                                         "alternatives to vary in the prompt as {young|old}")
+    # Styles and an image as prompt (StyleAvatar3D): a LoRA by Hugging Face id, an image uploaded to the engine
+    lora: StringProperty(name="Style LoRA", description="Hugging Face id (owner/name) of a style LoRA in the "
+                                                       "engine's model cache; empty: the preferences' LoRA")
+    lora_scale: FloatProperty(name="LoRA scale", min=-2.0, max=2.0, soft_min=0.0, soft_max=1.5, default=1.0,
+                              description="How strongly the LoRA styles the avatar (0: not at all)")
+    image_path: StringProperty(name="Image", subtype="FILE_PATH",
+                               description="A reference image as prompt (IP-Adapter): front and side views follow it")
+    image_scale: FloatProperty(name="Image scale", min=0.0, max=2.0, default=1.0,
+                               description="How strongly front and side views follow the image")
 
     # The current job (kept in the file so that polling can resume)
     job_id: StringProperty()

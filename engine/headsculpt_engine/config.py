@@ -24,6 +24,8 @@ DEFAULT_IP2P_CONTROLNET = "lllyasviel/control_v11e_sd15_ip2p"
 HEADARTIST_BASE_MODEL = "stabilityai/stable-diffusion-2-1-base"
 # `headsculpt eval`'s CLIP: ViT-L/14, as HeadSculpt's Table 1 and HeadArtist's scores use.
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+# IP-Adapter for SD 1.5 (an image as prompt): its weights and its CLIP ViT-H/14 image encoder.
+DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
 
 
 @dataclass
@@ -53,6 +55,12 @@ class ModelsConfig:
     # it is off by default).
     channels_last: bool = True
     compile: bool = False
+    # Style LoRAs loaded into the UNet (files, folders or Hub ids; models/lora.py), each with its scale.
+    loras: tuple[str, ...] = ()
+    lora_scales: tuple[float, ...] = ()
+    # Where the IP-Adapter and its image encoder come from when a run has an image prompt
+    # (the h94/IP-Adapter layout: models/ip-adapter_sd15.safetensors, models/image_encoder/).
+    ip_adapter: str = DEFAULT_IP_ADAPTER
 
 
 @dataclass
@@ -97,6 +105,11 @@ class GuidanceConfig:
     # control at all, the plain diffusion model with view prompts (the density prior stays on), for heads
     # with no face to mark. Not in either paper: it trades view consistency for reaching any head.
     landmarks: Literal["prior", "none"] = "prior"
+    # An image as prompt (IP-Adapter, guidance/image_prompt.py): the image file, its scale on front and
+    # side views, and on back views (0: a frontal reference would paint a face on the back of the head).
+    image: str = ""
+    image_scale: float = 1.0
+    image_back_scale: float = 0.0
 
     @property
     def back_views(self) -> Literal["none", "oval"]:

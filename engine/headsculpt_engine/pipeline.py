@@ -97,6 +97,24 @@ def landmark_control(cfg: RunConfig) -> str:
     return NO_LANDMARK_CONTROL if cfg.guidance.landmarks == "none" else "landmark maps of the prior"
 
 
+def _check_image_prompt(cfg: RunConfig) -> Path | None:
+    """The image prompt's file, checked readable (a sentence otherwise), or None without one."""
+    from .guidance.image_prompt import read_image
+
+    if not cfg.guidance.image:
+        return None
+    read_image(cfg.guidance.image)
+    return Path(cfg.guidance.image).expanduser().resolve()
+
+
+def _record_conditioning(record: RunRecord, models, image: Path | None) -> None:
+    """Name the style LoRAs and the image prompt in run.json, each with its sha256."""
+    from .models.lora import sha256_file
+
+    loras = [lora.record() for lora in models.loras]
+    picture = {"file": str(image), "sha256": sha256_file(image)} if image is not None else None
+    record.update(loras=loras, image_prompt=picture)
+
 
 def _choose_ssd_models(cfg: RunConfig) -> None:
     """HeadArtist's SD 2.1-base for SSD when it is cached (guidance/ssd_models.py); a note otherwise."""
@@ -138,13 +156,18 @@ def generate(cfg: RunConfig, prior: "HeadPrior", run_dir: Path, callbacks: RunCa
             raise InputError("SSD guidance has no coarse stage; run the fine stage (geometry, then texture).")
         stages = tuple(name for name in stages if name != "coarse")
 
-    # Models first: a missing model fails before anything is written.
+    # Models first: a missing model, a LoRA for another architecture or an unreadable image prompt
+    # fails before anything is written.
     _choose_ssd_models(cfg)
-    models = load_diffusion_models(cfg.models, device, with_face=cfg.guidance.landmarks != "none") \
-        if {"coarse", "fine"} & set(stages) else None
+    guided = bool({"coarse", "fine"} & set(stages))
+    image = _check_image_prompt(cfg) if guided else None
+    models = load_diffusion_models(cfg.models, device, with_face=cfg.guidance.landmarks != "none",
+                                   with_image_prompt=image is not None) if guided else None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = _start_record(run_dir, cfg, prior, kind="generate")
+    if models is not None:  # an export alone keeps what the training stages recorded
+        _record_conditioning(record, models, image)
     timings: dict[str, float] = dict(record.data.get("timings", {}))
 
     _seed_everything(cfg.seed)
@@ -184,7 +207,7 @@ def _export(fine_result, prior: "HeadPrior", cfg: RunConfig, record: RunRecord, 
     started = time.perf_counter()
     description = {key: record.data.get(key) for key in
                    ("kind", "prompt", "negative_prompt", "seed", "preset", "guidance", "prior", "versions",
-                    "parent", "instruction", "edit_mode")}
+                    "parent", "instruction", "edit_mode", "loras", "image_prompt")}
     description.update(config=cfg.to_dict(), timings=timings)
     export_avatar(fine_result, prior, cfg.export, result_dir, description)
     timings["export"] = time.perf_counter() - started
@@ -265,18 +288,23 @@ def edit(parent_run_dir: Path, instruction: str, cfg: RunConfig, run_dir: Path,
         prior.landmarks = keypoint_embedding(prior.vertices, prior.faces,
                                              {name: prior.transform.to_normalised(p) for name, p in keypoints.items()})
         g.landmarks = "prior"
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-
     method = "ssd" if g.kind == "ssd" else g.edit_mode
+    iesd = method in ("iesd", "b5")
+    # Models first, as in `generate`: a missing model, a LoRA for another architecture or an unreadable
+    # image prompt fails before the edit's folder is written.
+    _choose_ssd_models(cfg)
+    image = _check_image_prompt(cfg)
+    models = load_diffusion_models(cfg.models, device, with_ip2p=iesd, with_face=g.landmarks != "none",
+                                   with_image_prompt=image is not None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
     record = _start_record(run_dir, cfg, prior, kind="edit", parent=str(parent), parent_prompt=data.get("prompt"),
                            instruction=instruction, edit_mode=method)
     timings: dict[str, float] = dict(record.data.get("timings", {}))
+    _record_conditioning(record, models, image)
 
     _seed_everything(cfg.seed)
-    iesd = method in ("iesd", "b5")
-    _choose_ssd_models(cfg)
-    models = load_diffusion_models(cfg.models, device, with_ip2p=iesd, with_face=g.landmarks != "none")
     if iesd:
         guidance = build_edit_guidance(cfg, models, cfg.prompt, instruction, g.edit_scale)
     else:

@@ -53,6 +53,7 @@ class FakeEngine:
         self.requests: list[tuple[str, str]] = []
         self.landmark_uploads: list[list[int] | None] = []  # landmark_indices of each prior upload
         self.upload_bodies: list[dict] = []  # each prior upload without its arrays
+        self.images: dict[str, bytes] = {}  # image prompts uploaded (POST /v1/images), by image_id
         self.lock = threading.Lock()
         engine = self
 
@@ -97,6 +98,10 @@ class FakeEngine:
                 return self.upload(handler, body)
             if method == "GET" and len(parts) == 3 and parts[0] == "priors" and parts[2] == "landmark-preview":
                 return self.send_bytes(handler, png_bytes(), "image/png")
+            if method == "POST" and parts == ["images"]:
+                data = base64.b64decode(body["data_b64"])
+                self.images[hashlib.sha256(data).hexdigest()] = data
+                return self.send(handler, 201, {"image_id": hashlib.sha256(data).hexdigest(), "width": 1, "height": 1})
             if method == "POST" and parts == ["jobs"]:
                 return self.submit(handler, body)
             if parts[:1] == ["jobs"] and len(parts) >= 2 and parts[1] in self.jobs:

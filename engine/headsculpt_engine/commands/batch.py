@@ -87,6 +87,9 @@ def _run_remote(args: argparse.Namespace, manifest) -> list:
     if given:
         raise InputError(f"{', '.join(given)} apply to generations on this machine; jobs on a server run with the "
                          "models and settings the server was started with. Drop them, or leave out --server.")
+    if args.loras or args.image:
+        raise InputError("batch --server does not send style LoRAs or an image prompt yet; run the batch on this "
+                         "machine (leave out --server), or drop --lora and --image.")
     api = EngineApi(manifest.server, _token(args))
     fields = {"preset": args.preset, "negative_prompt": args.negative_prompt, "guidance": args.guidance,
               "landmarks": "none" if args.landmarks == "none" else "prior"}

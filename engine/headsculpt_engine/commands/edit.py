@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_keypoint_options, add_run_options
+from .options import add_keypoint_options, add_run_options, add_style_options
 
 
 def register(subparsers) -> None:
@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     add_keypoint_options(parser, with_mode=False)
     # The preset defaults to the parent's, so an edit of a draft run is a draft edit.
     add_run_options(parser, default_preset=None)
+    add_style_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import pipeline
     from ..prior.keypoints import read_keypoint_file
     from ..stages.loop import RunCallbacks
-    from .options import ProgressBars, cancel_on_interrupt, config_from_args, slug
+    from .options import ProgressBars, apply_style_options, cancel_on_interrupt, config_from_args, slug
 
     parent = Path(args.parent).expanduser()
     parent_record = pipeline.parent_record(parent)
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preset is None:
         args.preset = parent_record.get("preset") or "paper"
     cfg = config_from_args(args)
+    apply_style_options(cfg, args)
     cfg.guidance.edit_mode = args.mode
     if args.edit_scale is not None:
         cfg.guidance.edit_scale = args.edit_scale

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .options import add_keypoint_options, add_run_options
+from .options import add_keypoint_options, add_run_options, add_style_options
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -40,6 +40,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
                         help="sds: HeadSculpt's landmark-ControlNet score distillation (default); "
                              "ssd: HeadArtist's self score distillation")
     add_run_options(parser)
+    add_style_options(parser)
 
 
 def load_prior_option(args: argparse.Namespace):
@@ -51,9 +52,10 @@ def load_prior_option(args: argparse.Namespace):
 
 def generation_config(args: argparse.Namespace) -> "RunConfig":
     """The run configuration of the options `add_generation_options` declares (all but the prompt)."""
-    from .options import config_from_args
+    from .options import apply_style_options, config_from_args
 
     cfg = config_from_args(args)
+    apply_style_options(cfg, args)
     cfg.negative_prompt = args.negative_prompt
     cfg.guidance.kind = args.guidance
     if args.landmarks == "none":

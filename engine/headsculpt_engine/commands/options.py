@@ -35,6 +35,45 @@ def add_run_options(parser: argparse.ArgumentParser, default_preset: str = "pape
                         help="override any setting, e.g. --set coarse.iterations=70000 (repeatable)")
 
 
+class _AddLora(argparse.Action):
+    """`--lora X`: a style LoRA at scale 1 until a `--lora-scale` after it says otherwise."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.loras = [*(getattr(namespace, "loras", None) or []), [values, 1.0]]
+
+
+class _LoraScale(argparse.Action):
+    """`--lora-scale S`: the scale of the `--lora` just before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if not getattr(namespace, "loras", None):
+            parser.error("--lora-scale must follow the --lora it scales")
+        namespace.loras[-1][1] = values
+
+
+def add_style_options(parser: argparse.ArgumentParser) -> None:
+    """StyleAvatar3D's styles and image prompt: `--lora` (repeatable) and `--image`."""
+    parser.add_argument("--lora", action=_AddLora, dest="loras", default=[], metavar="FILE_OR_ID",
+                        help="a style LoRA for the UNet: a .safetensors file, a folder with "
+                             "pytorch_lora_weights.safetensors, or a Hugging Face id (repeatable)")
+    parser.add_argument("--lora-scale", action=_LoraScale, type=float, metavar="S",
+                        help="the scale of the --lora before it (default 1; 0 leaves the UNet as it is)")
+    parser.add_argument("--image", default="", metavar="FILE",
+                        help="a reference image as prompt (IP-Adapter, h94/IP-Adapter); front and side views "
+                             "follow it, back views do not")
+    parser.add_argument("--image-scale", type=float, default=1.0, metavar="S",
+                        help="the IP-Adapter scale of the image prompt on front and side views (default 1)")
+
+
+def apply_style_options(cfg: RunConfig, args: argparse.Namespace) -> None:
+    """Put the `add_style_options` values into the run configuration."""
+    cfg.models.loras = tuple(source for source, _ in args.loras)
+    cfg.models.lora_scales = tuple(float(scale) for _, scale in args.loras)
+    if args.image:
+        cfg.guidance.image = str(Path(args.image).expanduser().resolve())
+        cfg.guidance.image_scale = args.image_scale
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run configuration the shared options describe."""
     from ..models.download import hub_offline

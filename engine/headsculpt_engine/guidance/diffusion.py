@@ -3,7 +3,9 @@
 All noise predictions of one step (unconditional and conditional, identity and edit) go through the
 UNet in ONE batched call; each ControlNet runs once on the rows it conditions and its residuals are
 zero for the other rows, which makes those rows exactly the plain UNet. A row conditioned by several
-ControlNets gets the sum of their residuals, as diffusers' MultiControlNetModel adds them.
+ControlNets gets the sum of their residuals, as diffusers' MultiControlNetModel adds them. With an
+image prompt (IP-Adapter), the IP-Adapter's scale is one number per UNet call, so rows with different
+scales (front and back views) go through one UNet call per scale.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 from ..errors import InputError
 from ..profiling import section
 from .base import GuidanceInputs, NoisePrediction
+from .image_prompt import ImagePrompt, ImageRows, set_ip_adapter_scale
 
 if TYPE_CHECKING:
     import torch
@@ -81,6 +84,7 @@ class Branch:
 
     embeddings: "torch.Tensor"  # (B, L, D)
     controls: tuple[Control, ...] = ()
+    image: ImageRows | None = None  # the IP-Adapter's image conditioning (image prompts only)
 
 
 class ControlledUNet:
@@ -117,9 +121,33 @@ class ControlledUNet:
             m = self._scatter(m, rows, count * batch)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
-        eps = self.unet(sample, steps, encoder_hidden_states=embeddings, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid, return_dict=False)[0]
+        images = [b.image for b in branches]
+        if all(image is None for image in images):
+            eps = self.unet(sample, steps, encoder_hidden_states=embeddings, down_block_additional_residuals=down,
+                            mid_block_additional_residual=mid, return_dict=False)[0]
+        else:
+            eps = self._predict_with_image(sample, steps, embeddings, down, mid, images)
         return list(eps.float().split(batch))
+
+    def _predict_with_image(self, sample, steps, embeddings, down, mid, images: Sequence[ImageRows | None]):
+        """The UNet with the IP-Adapter: one call per distinct scale among the rows."""
+        import torch
+
+        if any(image is None for image in images):
+            raise ValueError("With an image prompt every branch must carry its image rows.")
+        embeds = torch.cat([image.embeds for image in images]).to(sample.device, self.unet.dtype)
+        scales = torch.cat([image.scales for image in images])
+        eps = None
+        for scale in scales.unique().tolist():
+            rows = (scales == scale).nonzero().flatten().to(sample.device)
+            set_ip_adapter_scale(self.unet, scale)
+            part = self.unet(sample[rows], steps[rows], encoder_hidden_states=embeddings[rows],
+                             down_block_additional_residuals=None if down is None else [d[rows] for d in down],
+                             mid_block_additional_residual=None if mid is None else mid[rows],
+                             added_cond_kwargs={"image_embeds": [embeds[rows]]}, return_dict=False)[0]
+            eps = part.new_zeros((sample.shape[0], *part.shape[1:])) if eps is None else eps
+            eps[rows] = part
+        return eps
 
     @staticmethod
     def _rows(branches: Sequence[Branch], model, batch: int):
@@ -155,8 +183,10 @@ class LandmarkPredictor:
     """
 
     def __init__(self, models: "DiffusionModels", prompt: str, negative_prompt: str = "", resolution: int = 512,
-                 back_view_policy: str = "none", controlnet_scale: float = 1.0, batched_cfg: bool = True):
+                 back_view_policy: str = "none", controlnet_scale: float = 1.0, batched_cfg: bool = True,
+                 image: ImagePrompt | None = None):
         self.models = models
+        self.image = image
         self.unet = ControlledUNet(models.unet, batched=batched_cfg)
         self.prompt = prompt
         self.negative_prompt = negative_prompt
@@ -181,7 +211,10 @@ class LandmarkPredictor:
                 back = torch.tensor([v == "back" for v in views])
                 active = ~(empty | back)
             controls = (Control(self.models.face_controlnet, maps, active, self.controlnet_scale),)
-        return [Branch(uncond, controls), Branch(cond, controls)]
+        if self.image is None:
+            return [Branch(uncond, controls), Branch(cond, controls)]
+        return [Branch(uncond, controls, self.image.rows(views, conditional=False)),
+                Branch(cond, controls, self.image.rows(views, conditional=True))]
 
     def __call__(self, noisy, timesteps, latents, inputs: GuidanceInputs) -> NoisePrediction:
         uncond, cond = self.unet(noisy, timesteps, self.branches(inputs))
@@ -235,8 +268,10 @@ class EditPredictor:
         id_uncond, id_cond = self.identity.branches(inputs)
         controls = id_cond.controls + (ip2p,)
         edit_cond = models.prompts.embed([self.instruction] * batch)
-        branches = [Branch(id_uncond.embeddings, controls), Branch(id_cond.embeddings, controls),
-                    Branch(id_uncond.embeddings, controls), Branch(edit_cond, controls)]
+        # With an image prompt, each side's rows keep the identity side's image rows (zero for unconditional).
+        branches = [Branch(id_uncond.embeddings, controls, id_uncond.image),
+                    Branch(id_cond.embeddings, controls, id_cond.image),
+                    Branch(id_uncond.embeddings, controls, id_uncond.image), Branch(edit_cond, controls, id_cond.image)]
         id_u, id_c, edit_u, edit_c = self.identity.unet(noisy, timesteps, branches)
         return BlendedPrediction(identity=NoisePrediction(id_u, id_c), edit=NoisePrediction(edit_u, edit_c),
                                  edit_weight=self.edit_weight, edit_guidance_scale=self.edit_guidance_scale)

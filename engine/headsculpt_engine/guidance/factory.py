@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .base import Guidance, GuidanceInputs, GuidanceOutput
 from .diffusion import EditPredictor, LandmarkPredictor, VaeCodec
+from .image_prompt import ImagePrompt, image_prompt, read_image
 from .sds import ScoreDistillation
 
 if TYPE_CHECKING:
@@ -67,7 +68,15 @@ def _prompt(cfg: "RunConfig", prompt: str | None) -> str:
 def _landmark_predictor(cfg: "RunConfig", models: "DiffusionModels", prompt: str, negative: str) -> LandmarkPredictor:
     g = cfg.guidance
     return LandmarkPredictor(models, prompt, negative, g.resolution, g.back_views, g.controlnet_scale,
-                             batched_cfg=g.batched_cfg)
+                             batched_cfg=g.batched_cfg, image=_image_prompt(cfg, models))
+
+
+def _image_prompt(cfg: "RunConfig", models: "DiffusionModels") -> ImagePrompt | None:
+    """The run's image prompt (`guidance.image`), encoded by the IP-Adapter's image encoder."""
+    g = cfg.guidance
+    if not g.image:
+        return None
+    return image_prompt(models, read_image(g.image), g.image_scale, g.image_back_scale)
 
 
 def _generator(cfg: "RunConfig", generator: "torch.Generator | None") -> "torch.Generator":

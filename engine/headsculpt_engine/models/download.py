@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from ..config import (DEFAULT_BASE_MODEL, DEFAULT_CLIP_MODEL, DEFAULT_FACE_CONTROLNET,
-                      DEFAULT_FACE_CONTROLNET_SUBFOLDER, DEFAULT_IP2P_CONTROLNET, HEADARTIST_BASE_MODEL, ModelsConfig)
+                      DEFAULT_FACE_CONTROLNET_SUBFOLDER, DEFAULT_IP2P_CONTROLNET, DEFAULT_IP_ADAPTER,
+                      HEADARTIST_BASE_MODEL, ModelsConfig)
 from ..errors import DownloadError
 
 FP16 = "fp16"
@@ -56,6 +57,11 @@ CLIP_PARTS = (Part("", weights=TRANSFORMERS_WEIGHTS, required=(
     "config.json", "preprocessor_config.json", "tokenizer_config.json", *CLIP_TOKENIZER_FILES)),)
 
 
+# What models/ip_adapter.py loads from h94/IP-Adapter: the SD 1.5 adapter and its image encoder.
+IP_ADAPTER_PARTS = (Part("models", required=("ip-adapter_sd15.safetensors",)),
+                    Part("models/image_encoder", weights=TRANSFORMERS_WEIGHTS))
+
+
 def controlnet_parts(subfolder: str = "") -> tuple[Part, ...]:
     return (Part(subfolder, weights=DIFFUSERS_WEIGHTS),)
 
@@ -80,6 +86,7 @@ KNOWN_MODELS = {
     DEFAULT_FACE_CONTROLNET: controlnet_parts(DEFAULT_FACE_CONTROLNET_SUBFOLDER),
     DEFAULT_IP2P_CONTROLNET: controlnet_parts(),
     DEFAULT_CLIP_MODEL: CLIP_PARTS,
+    DEFAULT_IP_ADAPTER: IP_ADAPTER_PARTS,
 }
 
 
@@ -89,13 +96,16 @@ def is_hub_id(name: str) -> bool:
     return not (path.is_absolute() or name.startswith(".") or path.exists())
 
 
-def model_specs(cfg: ModelsConfig, with_ip2p: bool, with_face: bool = True) -> list[ModelSpec]:
+def model_specs(cfg: ModelsConfig, with_ip2p: bool, with_face: bool = True,
+                with_image_prompt: bool = False) -> list[ModelSpec]:
     """The Hub repositories a run with `cfg` loads (local folders are not downloaded)."""
     wanted = [(cfg.base, PIPELINE_PARTS)]
     if with_face:
         wanted.append((cfg.face_controlnet, controlnet_parts(cfg.face_controlnet_subfolder)))
     if with_ip2p:
         wanted.append((cfg.ip2p_controlnet, controlnet_parts()))
+    if with_image_prompt:
+        wanted.append((cfg.ip_adapter, IP_ADAPTER_PARTS))
     return [ModelSpec(name, parts) for name, parts in wanted if is_hub_id(name)]
 
 

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ModelsConfig
 from ..errors import InputError, ModelNotFoundError
-from .tiny import FACE_CONTROLNET_DIR, FACE_CONTROLNET_SUBFOLDER, IP2P_CONTROLNET_DIR, is_tiny_models_dir
+from .tiny import (FACE_CONTROLNET_DIR, FACE_CONTROLNET_SUBFOLDER, IP2P_CONTROLNET_DIR, IP_ADAPTER_DIR,
+                   is_tiny_models_dir)
 
 if TYPE_CHECKING:
     import torch
 
+    from .lora import LoadedLora
     from .text import PromptEncoder
 
 TINY = "tiny"
@@ -40,6 +42,9 @@ class DiffusionModels:
     device: "torch.device"
     dtype: "torch.dtype"
     config: ModelsConfig
+    loras: "tuple[LoadedLora, ...]" = ()  # style LoRAs in the UNet (models/lora.py)
+    image_encoder: Any | None = None  # CLIPVisionModelWithProjection of the IP-Adapter (image prompts only)
+    image_processor: Any | None = None  # its CLIPImageProcessor
 
     @property
     def alphas_cumprod(self) -> "torch.Tensor":
@@ -107,7 +112,8 @@ def resolve_models_config(cfg: ModelsConfig) -> ModelsConfig:
 def _folder_config(cfg: ModelsConfig, folder: Path) -> ModelsConfig:
     return dataclasses.replace(cfg, base=str(folder), face_controlnet=str(folder / FACE_CONTROLNET_DIR),
                                face_controlnet_subfolder=FACE_CONTROLNET_SUBFOLDER,
-                               ip2p_controlnet=str(folder / IP2P_CONTROLNET_DIR))
+                               ip2p_controlnet=str(folder / IP2P_CONTROLNET_DIR),
+                               ip_adapter=str(folder / IP_ADAPTER_DIR))
 
 
 def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
@@ -120,17 +126,24 @@ def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
 
 
 def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_ip2p: bool = False,
-                          with_face: bool = True) -> DiffusionModels:
+                          with_face: bool = True, with_image_prompt: bool = False) -> DiffusionModels:
     """Load the base model's parts and the ControlNets (the IP2P one only for editing; the face one
-    unless the run has no landmark control, `with_face=False`: face_controlnet is then None)."""
+    unless the run has no landmark control, `with_face=False`: face_controlnet is then None), the
+    style LoRAs into the UNet, and the IP-Adapter when a run has an image prompt."""
     import torch
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from ..quiet import quiet_model_libraries
+    from .ip_adapter import load_ip_adapter
+    from .lora import apply_loras
 
     quiet_model_libraries()
     cfg = resolve_models_config(cfg)
+    if with_image_prompt and cfg.attention_slicing:
+        # diffusers' attention slicing replaces every attention processor, the IP-Adapter's included.
+        raise InputError("An image prompt cannot run with attention slicing (models.attention_slicing): the "
+                         "slicing would drop the IP-Adapter's attention; turn one of them off.")
     device = torch.device(device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.allow_download:
@@ -138,7 +151,7 @@ def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_
         from .download import fetch_missing, model_specs
         from .download_progress import TerminalProgress
 
-        fetch_missing(model_specs(cfg, with_ip2p, with_face), TerminalProgress())
+        fetch_missing(model_specs(cfg, with_ip2p, with_face, with_image_prompt), TerminalProgress())
 
     def load(cls, name: str, subfolder: str = "", **kwargs):
         return from_pretrained_offline(cls, name, subfolder, False, **kwargs)
@@ -151,9 +164,17 @@ def load_diffusion_models(cfg: ModelsConfig, device: "torch.device | str", with_
     face = load(ControlNetModel, cfg.face_controlnet, cfg.face_controlnet_subfolder, torch_dtype=dtype) \
         if with_face else None
     ip2p = load(ControlNetModel, cfg.ip2p_controlnet, "", torch_dtype=dtype) if with_ip2p else None
+    loras = apply_loras(unet, cfg.loras, cfg.lora_scales, cfg.allow_download)
+    encoder, processor = None, None
+    if with_image_prompt:
+        encoder, processor = load_ip_adapter(cfg.ip_adapter, unet=unet, vae=vae, text_encoder=text_encoder,
+                                             tokenizer=tokenizer, scheduler=scheduler)
 
-    return assemble_models(cfg, device, dtype, tokenizer=tokenizer, scheduler=scheduler, text_encoder=text_encoder,
-                           unet=unet, vae=vae, face=face, ip2p=ip2p)
+    models = assemble_models(cfg, device, dtype, tokenizer=tokenizer, scheduler=scheduler,
+                             text_encoder=text_encoder, unet=unet, vae=vae, face=face, ip2p=ip2p)
+    if encoder is not None:
+        encoder.to(device)
+    return dataclasses.replace(models, loras=tuple(loras), image_encoder=encoder, image_processor=processor)
 
 
 def assemble_models(cfg: ModelsConfig, device: "torch.device", dtype: "torch.dtype", *, tokenizer, scheduler,

@@ -3,8 +3,9 @@
 The folder holds a Stable-Diffusion-style pipeline (unet/, vae/, text_encoder/, tokenizer/,
 scheduler/, model_index.json) plus the two ControlNets laid out as their Hugging Face repositories
 are: the face-landmark ControlNet in `face-controlnet/diffusion_sd15/` (as
-CrucibleAI/ControlNetMediaPipeFace) and the InstructPix2Pix ControlNet in `ip2p-controlnet/`. The
-loader reads them with the same `from_pretrained` calls as the real ids.
+CrucibleAI/ControlNetMediaPipeFace) and the InstructPix2Pix ControlNet in `ip2p-controlnet/`; a
+style LoRA in `lora/` and an IP-Adapter with its image encoder in `ip-adapter/` (as h94/IP-Adapter).
+The loader reads them with the same calls as the real ids.
 
 The VAE and the ControlNet conditioning embedding both downsample by `DOWNSAMPLE` (2), so a control
 image drawn at the guidance resolution matches the latents the VAE makes from a render of that size.
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .ip_adapter import make_tiny_ip_adapter
+from .lora import make_tiny_lora
 from .tiny_clip import CLIP_DIR, make_tiny_clip
 from .tiny_tokenizer import MAX_TOKENS, write_tokenizer
 
@@ -21,6 +24,8 @@ from .tiny_tokenizer import MAX_TOKENS, write_tokenizer
 FACE_CONTROLNET_DIR = "face-controlnet"
 FACE_CONTROLNET_SUBFOLDER = "diffusion_sd15"
 IP2P_CONTROLNET_DIR = "ip2p-controlnet"
+TINY_LORA_DIR = "lora"  # pytorch_lora_weights.safetensors for the tiny UNet
+IP_ADAPTER_DIR = "ip-adapter"  # laid out as h94/IP-Adapter
 
 DOWNSAMPLE = 2
 _WIDTHS = (16, 32)  # block channels of the UNet, ControlNet and VAE: two levels = one 2x downsampling
@@ -89,6 +94,8 @@ def make_tiny_models(out_dir: Path, seed: int = 0) -> Path:
     }
     (out_dir / "model_index.json").write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
     make_tiny_clip(out_dir / CLIP_DIR, seed)  # for `headsculpt eval`
+    make_tiny_lora(unet, out_dir / TINY_LORA_DIR, seed)  # a style LoRA (`--lora`)
+    make_tiny_ip_adapter(unet, out_dir / IP_ADAPTER_DIR, seed)  # an image prompt (`--image`)
     return out_dir
 
 

@@ -20,10 +20,11 @@ from ..errors import InputError
 from .auth import BearerAuth
 from .files import regular_file
 from .hosts import HostCheck
+from .images import BadImage, ImageStore
 from .priors import BadPrior, BuildPrior, PriorStore, PriorTooLarge, build_engine_prior, write_landmark_preview
 from .runner import PipelineJobs, ServerOptions
-from .schemas import (ErrorBody, Health, JobEvent, JobInfo, JobList, JobRequest, PriorInfo, PriorUpload,
-                      RayCluster, validation_sentence)
+from .schemas import (ErrorBody, Health, ImageInfo, ImageUpload, JobEvent, JobInfo, JobList, JobRequest, PriorInfo,
+                      PriorUpload, RayCluster, validation_sentence)
 from .store import JobRecord, JobStore
 from .uploads import UploadRunner
 from .worker import RunJob, Worker
@@ -38,6 +39,7 @@ _MEDIA_TYPES = {".glb": "model/gltf-binary", ".png": "image/png", ".json": "appl
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 421, 422)}
 JOB_REQUEST = TypeAdapter(JobRequest)
 PRIOR_UPLOAD = TypeAdapter(PriorUpload)
+IMAGE_UPLOAD = TypeAdapter(ImageUpload)
 
 
 class BodySizeLimit:
@@ -100,6 +102,7 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         worker: Worker | RayWorkers = RayWorkers.connect(store, priors.root, options)
     else:
         worker = Worker(store, run_job or PipelineJobs(store.jobs_dir, priors.root, options))
+    images = ImageStore(options.data_dir)
     # One upload at a time (each in its own process); the next one's body is not read meanwhile,
     # so waiting uploads cost no memory.
     upload_lock = asyncio.Lock()
@@ -206,6 +209,19 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             raise HTTPException(404, f"The landmark preview of prior {prior_id!r} is not available.")
         return FileResponse(path, media_type="image/png")
 
+    @app.post("/v1/images", responses=_ERRORS, response_model=ImageInfo, status_code=201,
+              openapi_extra=_json_body(ImageUpload.__name__))
+    async def upload_image(request: Request) -> ImageInfo:
+        """An image prompt: decoded and stored as PNG (images.py); jobs name it by image_id."""
+        body = await request.body()
+        try:
+            upload = await run_in_threadpool(IMAGE_UPLOAD.validate_json, body)
+            return ImageInfo(**await run_in_threadpool(images.add, upload.data_b64))
+        except ValidationError as error:
+            raise HTTPException(422, validation_sentence(error.errors())) from None
+        except BadImage as error:
+            raise HTTPException(422, str(error)) from None
+
     @app.post("/v1/jobs", responses=_ERRORS, response_model=JobInfo, status_code=202,
               openapi_extra=_json_body("JobRequest"))
     async def submit_job(http_request: Request) -> JobInfo:
@@ -222,6 +238,7 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             raise HTTPException(422, f"This engine accepts the presets {', '.join(options.allowed_presets())} "
                                      f"only (started with --preset-limit {options.preset_limit}).")
         data = request.model_dump()
+        check_styles(request)
         if request.kind == "generate":
             prior_info = priors.info(request.prior_id)
             if prior_info is None:
@@ -242,6 +259,19 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         job = store.submit(request.kind, data)
         worker.wake()
         return job_info(job)
+
+    def check_styles(request: JobRequest) -> None:
+        """A job's image must be uploaded and its LoRAs in the engine's model cache (never downloaded)."""
+        from ..errors import HeadSculptError
+        from ..models.lora import lora_file
+
+        if request.image_id is not None and images.path(request.image_id) is None:
+            raise HTTPException(422, f"Unknown image_id {request.image_id!r}: upload the image first (POST /v1/images).")
+        for lora in request.loras:
+            try:
+                lora_file(lora.id, allow_download=False, hub_only=True)
+            except HeadSculptError as error:
+                raise HTTPException(422, str(error)) from None
 
     @app.get("/v1/jobs", responses=_ERRORS, response_model=JobList)
     def list_jobs() -> JobList:
@@ -303,7 +333,8 @@ def _document_schema(app: FastAPI, public: tuple[str, ...]) -> None:
         if app.openapi_schema is None:
             schema = build_schema()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for name, adapter in (("PriorUpload", PRIOR_UPLOAD), ("JobRequest", JOB_REQUEST)):
+            for name, adapter in (("PriorUpload", PRIOR_UPLOAD), ("JobRequest", JOB_REQUEST),
+                                  ("ImageUpload", IMAGE_UPLOAD)):
                 body = adapter.json_schema(ref_template="#/components/schemas/{model}")
                 components.update(body.pop("$defs", {}))
                 components[name] = body

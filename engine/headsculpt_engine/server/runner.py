@@ -57,7 +57,24 @@ def job_config(request: dict[str, Any], options: ServerOptions) -> RunConfig:
     cfg.guidance.landmarks = request.get("landmarks") or "prior"
     if request["kind"] == "edit":
         cfg.guidance.edit_scale = float(request["edit_scale"])
+    _apply_styles(cfg, request, options)
     return cfg
+
+
+def _apply_styles(cfg: RunConfig, request: dict[str, Any], options: ServerOptions) -> None:
+    """LoRAs by Hub id from the model cache and the uploaded image, as files the engine chose itself."""
+    from ..models.lora import lora_file
+    from .images import ImageStore
+
+    loras = request.get("loras") or []
+    cfg.models.loras = tuple(str(lora_file(lora["id"], allow_download=False, hub_only=True)) for lora in loras)
+    cfg.models.lora_scales = tuple(float(lora["scale"]) for lora in loras)
+    if request.get("image_id"):
+        image = ImageStore(options.data_dir).path(request["image_id"])
+        if image is None:
+            raise InputError("The job's image prompt was removed from the engine; upload it again and resubmit.")
+        cfg.guidance.image = str(image)
+        cfg.guidance.image_scale = float(request.get("image_scale", 1.0))
 
 
 class PipelineJobs:

@@ -72,7 +72,38 @@ class PriorInfo(BaseModel):
     landmarks_requested: bool = True
 
 
-class GenerateRequest(_Strict):
+# A Hugging Face id (owner/name), the only way a job names a LoRA: the engine reads it from its model cache.
+HubId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                         max_length=96)]
+# An uploaded image (POST /v1/images): the sha256 of the PNG the engine stored.
+ImageId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+MAX_LORAS = 4
+
+
+class LoraChoice(_Strict):
+    id: HubId
+    scale: Annotated[float, Field(ge=-2.0, le=2.0)] = 1.0
+
+
+class ImageUpload(_Strict):
+    data_b64: Annotated[str, Field(min_length=1)]  # the image file's bytes (PNG, JPEG, ...), base64
+
+
+class ImageInfo(BaseModel):
+    image_id: str
+    width: int
+    height: int
+
+
+class _Styles(_Strict):
+    """StyleAvatar3D's styles and image prompt, on generate and edit jobs."""
+
+    loras: Annotated[list[LoraChoice], Field(max_length=MAX_LORAS)] = []
+    image_id: ImageId | None = None
+    image_scale: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+
+
+class GenerateRequest(_Styles):
     kind: Literal["generate"]
     prior_id: Annotated[str, Field(min_length=1, max_length=64)]
     prompt: Text
@@ -84,7 +115,7 @@ class GenerateRequest(_Strict):
     landmarks: Literal["prior", "none"] = "prior"
 
 
-class EditRequest(_Strict):
+class EditRequest(_Styles):
     kind: Literal["edit"]
     parent_job_id: Annotated[str, Field(min_length=1, max_length=64)]
     instruction: Text

@@ -1,0 +1,66 @@
+"""Image prompts uploaded to the engine (POST /v1/images): decoded, checked and stored as PNG.
+
+The client's bytes are never kept as they came: the image is decoded by Pillow (size-checked first,
+so a decompression bomb is refused), converted to RGB and written as a fresh PNG named by its sha256
+inside the data folder. Jobs name it by that id, never by a path.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from .files import regular_file
+
+MAX_SIDE = 4096
+_IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BadImage(Exception):
+    """The upload is not an image the engine can use; the message says why."""
+
+
+class ImageStore:
+    def __init__(self, data_dir: Path):
+        self.root = Path(data_dir) / "images"
+
+    def add(self, data_b64: str) -> dict[str, int | str]:
+        """Decode, check and store one image; its id, width and height."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            raw = base64.b64decode(data_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadImage("The image is not valid base64 text.") from None
+        try:
+            with Image.open(io.BytesIO(raw)) as image:
+                if max(image.size) > MAX_SIDE:
+                    raise BadImage(f"The image is {image.size[0]}x{image.size[1]} pixels; send one of at most "
+                                   f"{MAX_SIDE} pixels a side.")
+                rgb = image.convert("RGB")
+        except BadImage:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            raise BadImage("The upload could not be read as an image; send a PNG or JPEG file.") from None
+        buffer = io.BytesIO()
+        rgb.save(buffer, format="PNG")
+        png = buffer.getvalue()
+        image_id = hashlib.sha256(png).hexdigest()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.path(image_id) is None:
+            handle, staging = tempfile.mkstemp(dir=self.root, suffix=".part")
+            with os.fdopen(handle, "wb") as out:
+                out.write(png)
+            os.replace(staging, self.root / f"{image_id}.png")
+        return {"image_id": image_id, "width": rgb.width, "height": rgb.height}
+
+    def path(self, image_id: str) -> Path | None:
+        """The stored image of that id (a regular file inside the store), or None."""
+        if not _IMAGE_ID.match(image_id or ""):
+            return None
+        return regular_file(self.root, f"{image_id}.png")

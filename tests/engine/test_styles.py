@@ -1,0 +1,192 @@
+"""StyleAvatar3D's styles and image prompt (issue 18): LoRAs in the UNet and an IP-Adapter image prompt,
+with the tiny models, loaded through the same code as the real ones."""
+import dataclasses
+import hashlib
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from headsculpt_engine import pipeline
+from headsculpt_engine.cameras import orbit_cameras
+from headsculpt_engine.config import preset_config
+from headsculpt_engine.errors import InputError
+from headsculpt_engine.guidance.base import GuidanceInputs
+from headsculpt_engine.guidance.factory import build_guidance
+from headsculpt_engine.models.loading import load_diffusion_models, tiny_models_dir
+from headsculpt_engine.models.lora import LORA_WEIGHTS
+from headsculpt_engine.models.tiny import TINY_LORA_DIR
+from headsculpt_engine.prior import builtin_prior
+
+RES = 32
+
+
+def tiny_models(loras=(), scales=(), image=False):
+    cfg = dataclasses.replace(preset_config("tiny").models, loras=tuple(loras), lora_scales=tuple(scales))
+    return load_diffusion_models(cfg, "cpu", with_image_prompt=image)
+
+
+def unet_eps(models) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    noisy, text = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 77, 32, generator=gen)
+    with torch.no_grad():
+        return models.unet(noisy, torch.tensor([300, 700]), encoder_hidden_states=text).sample
+
+
+@pytest.fixture(scope="module")
+def tiny_lora():
+    return str(tiny_models_dir() / TINY_LORA_DIR)
+
+
+def test_lora_changes_the_unet_prediction_and_scale_zero_restores_it_exactly(tiny_lora):
+    plain = unet_eps(tiny_models())
+    styled_models = tiny_models([tiny_lora], [1.0])
+    styled = unet_eps(styled_models)
+    assert (styled - plain).abs().max() > 1e-3
+    assert torch.equal(unet_eps(tiny_models([tiny_lora], [0.0])), plain)
+    # Half the scale moves the prediction, but less far.
+    half = unet_eps(tiny_models([tiny_lora], [0.5]))
+    assert 0 < (half - plain).abs().max() < (styled - plain).abs().max()
+    (lora,) = styled_models.loras
+    assert lora.file.endswith(LORA_WEIGHTS) and len(lora.sha256) == 64 and lora.scale == 1.0
+
+
+def foreign_lora(tmp_path, kind: str) -> str:
+    """The tiny LoRA made unfit: wrong shapes (another cross-attention width), or a layer this UNet lacks."""
+    state = load_file(str(tiny_models_dir() / TINY_LORA_DIR / LORA_WEIGHTS))
+    key = next(k for k in state if "attn2.to_k.lora.down" in k)
+    if kind == "shapes":
+        state[key] = torch.zeros(state[key].shape[0], 768)
+    else:
+        state[key.replace("down_blocks.0", "down_blocks.3")] = state.pop(key)
+    path = tmp_path / f"{kind}.safetensors"
+    save_file(state, str(path))
+    return str(path)
+
+
+def tiny_run_config(**guidance):
+    cfg = preset_config("tiny")
+    cfg.prompt = "a DSLR portrait of a clown"
+    cfg.coarse.iterations = 1
+    for key, value in guidance.items():
+        setattr(cfg.guidance, key, value)
+    return cfg
+
+
+@pytest.mark.parametrize("kind", ["shapes", "layers"])
+def test_a_lora_for_another_architecture_gets_a_sentence_and_nothing_is_written(tmp_path, kind):
+    cfg = tiny_run_config()
+    cfg.models.loras, cfg.models.lora_scales = (foreign_lora(tmp_path, kind),), (1.0,)
+    run_dir = tmp_path / "run"
+    with pytest.raises(InputError, match="is for another architecture") as error:
+        pipeline.generate(cfg, builtin_prior(), run_dir, stages=("coarse",))
+    assert "Traceback" not in str(error.value) and not run_dir.exists()
+
+
+def write_image(path, colour) -> str:
+    gen = torch.Generator().manual_seed(sum(colour))
+    pixels = (torch.tensor(colour, dtype=torch.float32) * 0.7 + torch.rand(48, 48, 3, generator=gen) * 60)
+    Image.fromarray(pixels.clamp(0, 255).to(torch.uint8).numpy()).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def step():
+    """One guidance step's inputs: front, side, back and side cameras, noisy latents, landmark maps."""
+    gen = torch.Generator().manual_seed(5)
+    cams = orbit_cameras([0.0, 90.0, 180.0, 270.0], width=48, height=48)
+    maps = torch.zeros(4, 3, RES, RES)
+    maps[:2, 1, 8:24, 10:22] = 0.8
+    noisy, latents = torch.randn(4, 4, 16, 16, generator=gen), torch.randn(4, 4, 16, 16, generator=gen)
+    inputs = GuidanceInputs(images=torch.rand(4, 3, 48, 48, generator=gen), cameras=cams, landmark_maps=maps)
+    return noisy, torch.tensor([200, 400, 600, 800]), latents, inputs
+
+
+def predict(models, step, **guidance):
+    cfg = tiny_run_config(resolution=RES, **guidance)
+    with torch.no_grad():
+        return build_guidance(cfg, models).predictor(*step)
+
+
+def test_image_prompt_changes_the_guidance_prediction_and_scale_zero_restores_it(tmp_path, step):
+    image = write_image(tmp_path / "ref.png", (200, 40, 40))
+    plain = predict(tiny_models(), step)
+    with_adapter = tiny_models(image=True)
+    guided = predict(with_adapter, step, image=image, image_scale=1.0)
+    front, back = 0, 2
+    for text_only, imaged in ((plain.cond, guided.cond), (plain.uncond, guided.uncond)):
+        assert (imaged[front] - text_only[front]).abs().max() > 1e-3
+        # Back views take the back scale, 0 by default: the text-only prediction. They go through their
+        # own, smaller UNet call (one call per scale), so only float rounding may differ.
+        assert torch.allclose(imaged[back], text_only[back], rtol=0, atol=1e-5)
+    other = predict(with_adapter, step, image=write_image(tmp_path / "other.png", (20, 40, 220)), image_scale=1.0)
+    assert (other.cond[front] - guided.cond[front]).abs().max() > 1e-4
+    off = predict(with_adapter, step, image=image, image_scale=0.0)
+    assert torch.equal(off.cond, plain.cond) and torch.equal(off.uncond, plain.uncond)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n broken"])
+def test_an_unreadable_image_gets_a_sentence_and_nothing_is_written(tmp_path, content):
+    bad = tmp_path / "face.png"
+    bad.write_bytes(content)
+    run_dir = tmp_path / "run"
+    with pytest.raises(InputError, match="could not be read as an image"):
+        pipeline.generate(tiny_run_config(image=str(bad)), builtin_prior(), run_dir, stages=("coarse",))
+    assert not run_dir.exists()
+
+
+def test_the_run_record_names_each_lora_with_its_hash_and_the_image(tmp_path, tiny_lora):
+    cfg = tiny_run_config(image=write_image(tmp_path / "ref.png", (90, 90, 200)))
+    cfg.models.loras, cfg.models.lora_scales = (tiny_lora,), (0.7,)
+    run_dir = tmp_path / "run"
+    pipeline.generate(cfg, builtin_prior(), run_dir, stages=("coarse",))
+    record = json.loads((run_dir / "run.json").read_text())
+
+    lora_file = tiny_models_dir() / TINY_LORA_DIR / LORA_WEIGHTS
+    assert record["loras"] == [{"source": tiny_lora, "file": str(lora_file.resolve()), "scale": 0.7,
+                                "sha256": hashlib.sha256(lora_file.read_bytes()).hexdigest()}]
+    image = tmp_path / "ref.png"
+    assert record["image_prompt"] == {"file": str(image.resolve()),
+                                      "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}
+
+
+def test_each_lora_takes_the_scale_after_it_on_generate_and_edit():
+    from headsculpt_engine.cli import build_parser
+    from headsculpt_engine.commands.options import apply_style_options
+
+    parser = build_parser()
+    args = parser.parse_args(["generate", "--prompt", "a clown", "--lora", "a/style", "--lora-scale", "0.5",
+                              "--lora", "b/other", "--image", "ref.png", "--image-scale", "0.3"])
+    cfg = preset_config("tiny")
+    apply_style_options(cfg, args)
+    assert cfg.models.loras == ("a/style", "b/other") and cfg.models.lora_scales == (0.5, 1.0)
+    assert cfg.guidance.image.endswith("ref.png") and cfg.guidance.image_scale == 0.3
+    edit = parser.parse_args(["edit", "--from", "run", "--instruction", "older", "--lora", "c/x"])
+    assert edit.loras == [["c/x", 1.0]]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["generate", "--prompt", "a clown", "--lora-scale", "0.5"])
+
+
+def test_the_cli_prints_the_lora_sentence_without_a_traceback(tmp_path, capsys):
+    from headsculpt_engine.cli import main
+
+    out = tmp_path / "run"
+    code = main(["generate", "--prompt", "a clown", "--preset", "tiny", "--offline", "--out", str(out),
+                 "--lora", foreign_lora(tmp_path, "shapes")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is for another architecture" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_download_models_knows_the_ip_adapter_files():
+    from headsculpt_engine.models.download import choose_files, specs_from_names
+
+    (spec,) = specs_from_names(["h94/IP-Adapter"])
+    listing = {"models/ip-adapter_sd15.safetensors": 44, "models/ip-adapter-plus_sd15.safetensors": 98,
+               "models/image_encoder/config.json": 1, "models/image_encoder/model.safetensors": 2500,
+               "models/image_encoder/pytorch_model.bin": 2500, "sdxl_models/ip-adapter_sdxl.safetensors": 700}
+    assert [path for path, _ in choose_files(spec.repo_id, spec.parts, listing)] == [
+        "models/image_encoder/config.json", "models/image_encoder/model.safetensors",
+        "models/ip-adapter_sd15.safetensors"]
