@@ -10,7 +10,7 @@ from headsculpt_engine.cameras import orbit_cameras
 from headsculpt_engine.prior.builtin import builtin_mesh_path
 from headsculpt_engine.prior.culling import facing_faces, outward_sign
 from headsculpt_engine.prior.head import load_prior
-from headsculpt_engine.prior.render import rasterize_facing, rasterize_prior
+from headsculpt_engine.prior.render import rasterize_prior
 
 EYE_FRONT = np.array([[0.0, 0.0, 4.0]])
 
@@ -42,7 +42,7 @@ def test_inconsistent_winding_and_flat_parts_keep_every_face():
 def test_a_closed_head_renders_the_same_with_culling():
     prior = load_prior(builtin_mesh_path(), detect_landmarks=False)
     cameras = orbit_cameras([0.0, -40.0, 40.0], [90.0, 85.0, 100.0], 4.0, 16.0, 96, 96)
-    culled = rasterize_facing(prior.vertices, prior.faces, cameras)
+    culled = rasterize_prior(prior.vertices, prior.faces, cameras, cull=True)
     full = rasterize_prior(prior.vertices, prior.faces, cameras)
     assert culled.mask.float().mean() > 0.3
     assert torch.equal(culled.triangle_id, full.triangle_id)

@@ -113,11 +113,11 @@ def _edge_coefficients(tri_xy: "torch.Tensor", tri_d: "torch.Tensor", x0: "torch
 
 
 def nearest_triangle_keys(xy: "torch.Tensor", vdepth: "torch.Tensor", faces: "torch.Tensor", height: int,
-                          width: int, near: float = 0.0) -> "torch.Tensor":
+                          width: int, near: float = 0.0, shown: "torch.Tensor | None" = None) -> "torch.Tensor":
     """The visible triangle at every pixel centre, from screen positions xy (B, V, 2) in pixels and
     view depths (B, V). Returns per pixel (flattened B*H*W) the int64 key (float32 depth bits << 32 |
     face index) of the nearest covering triangle; int64 max where none covers it. Triangles with a
-    vertex at depth <= near are skipped."""
+    vertex at depth <= near are skipped, and where `shown` (B, F) bool is given, those it leaves out."""
     import torch
 
     batch = xy.shape[0]
@@ -137,6 +137,8 @@ def nearest_triangle_keys(xy: "torch.Tensor", vdepth: "torch.Tensor", faces: "to
     bh = (y1 - y0 + 1).clamp_min(0)
     area = _cross2(tri_xy[:, :, 1] - tri_xy[:, :, 0], tri_xy[:, :, 2] - tri_xy[:, :, 0])
     valid = (tri_d.amin(dim=2) > near) & (area.abs() > 1e-12) & torch.isfinite(area)
+    if shown is not None:
+        valid &= shown
     count = torch.where(valid, bw * bh, torch.zeros_like(bw)).reshape(-1)  # (B*F,)
     ids = torch.nonzero(count > 0).squeeze(1)
     if ids.numel() == 0:
@@ -205,14 +207,16 @@ class TorchRasterizer(Rasterizer):
 
     name = "torch"
 
-    def rasterize(self, vertices, faces, cameras):
+    def rasterize(self, vertices, faces, cameras, shown: "torch.Tensor | None" = None):
+        """As `Rasterizer.rasterize`; `shown` (B, F) bool, this backend's own option, draws per view
+        only the faces it marks (a caller's back-face culling)."""
         import torch
 
         batch, height, width = len(cameras), cameras.height, cameras.width
         faces = faces.long()
         xy, vdepth = cameras.project(vertices)  # (B, V, 2), (B, V)
         with torch.no_grad():
-            key = nearest_triangle_keys(xy.detach(), vdepth.detach(), faces, height, width, cameras.near)
+            key = nearest_triangle_keys(xy.detach(), vdepth.detach(), faces, height, width, cameras.near, shown)
         background = key == torch.iinfo(torch.int64).max
         tri = torch.where(background, torch.full_like(key, -1), key & 0xFFFFFFFF).view(batch, height, width)
         mask = ~background.view(batch, height, width)

@@ -12,52 +12,36 @@ if TYPE_CHECKING:
     from ..mesh.raster import RasterOutput
 
 
-def rasterize_prior(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras") -> "RasterOutput":
+def rasterize_prior(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras", cull: bool = False) -> "RasterOutput":
+    """The prior's raster; with `cull`, the torch backend draws each view with only the faces turned
+    towards its camera (`culling.py`: the same image on a closed mesh, about half the work; nvdiffrast
+    on CUDA draws everything, it is fast enough)."""
     import torch
 
-    from ..mesh.raster import make_rasterizer
+    from ..mesh.raster import TorchRasterizer, make_rasterizer
+    from .culling import facing_faces
 
     rasterizer = make_rasterizer(cameras.device)
     v = torch.as_tensor(vertices, dtype=torch.float32, device=cameras.device)
     f = torch.as_tensor(faces, dtype=torch.int32, device=cameras.device)
-    return rasterizer.rasterize(v, f, cameras)
-
-
-def rasterize_facing(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras") -> "RasterOutput":
-    """`rasterize_prior`, each view with only the faces turned towards its camera (`culling.py`:
-    the same image on a closed mesh, about half the triangles). Triangle ids index `faces`; the
-    output carries no backend state, so it is not for a backend's `interpolate` or `antialias`."""
-    import torch
-
-    from ..mesh.raster import RasterOutput
-    from .culling import facing_faces
-
+    if not (cull and isinstance(rasterizer, TorchRasterizer)):
+        return rasterizer.rasterize(v, f, cameras)
     facing = facing_faces(vertices, faces, cameras.positions().cpu().numpy().astype(np.float64))
-    views = []
-    for view in range(len(cameras)):
-        kept = np.flatnonzero(facing[view])
-        raster = rasterize_prior(vertices, faces[kept], cameras[view])
-        kept_t = torch.as_tensor(kept, device=cameras.device)
-        views.append(RasterOutput(triangle_id=torch.where(raster.mask, kept_t[raster.triangle_id.clamp_min(0)], -1),
-                                  barycentric=raster.barycentric, depth=raster.depth, mask=raster.mask))
-    return RasterOutput(*(torch.cat([getattr(r, name) for r in views])
-                          for name in ("triangle_id", "barycentric", "depth", "mask")))
+    return rasterizer.rasterize(v, f, cameras, shown=torch.as_tensor(facing, device=cameras.device))
 
 
 def shade(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras") -> tuple[np.ndarray, "RasterOutput"]:
     """(B, H, W, 3) uint8 grey renders lit from just above the camera (ambient + two-sided Lambert),
-    on a mid-grey background that face detectors handle well; also returns the raster
-    (`rasterize_facing`)."""
+    on a mid-grey background that face detectors handle well; also returns the (culled) raster."""
     import torch
 
-    from ..mesh.raster import TorchRasterizer
+    from ..mesh.raster import make_rasterizer
     from ..mesh.render import vertex_normals
 
-    raster = rasterize_facing(vertices, faces, cameras)
+    raster = rasterize_prior(vertices, faces, cameras, cull=True)
     v = torch.as_tensor(vertices, dtype=torch.float32, device=cameras.device)
     f = torch.as_tensor(faces, dtype=torch.int32, device=cameras.device)
-    # The generic interpolation (triangle ids and barycentrics only), on any device.
-    normals = TorchRasterizer().interpolate(vertex_normals(v, f), raster, f)
+    normals = make_rasterizer(cameras.device).interpolate(vertex_normals(v, f), raster, f)
     normals = torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
     _, dirs = cameras.rays()
     # Light slightly above the camera, so that brows, nose and lips cast their usual shading.
