@@ -12,7 +12,7 @@ from headsculpt_engine.prior.detect import detect_landmarks, run_facemesh
 from headsculpt_engine.prior.head import load_prior
 from headsculpt_engine.prior.meshio import MeshArrays, load_mesh_file
 
-# Measured 1.0 s CPU with one torch thread, 2.3 s with two under load (docs/benchmarks.md); CPU time,
+# Measured 0.6 s CPU with one torch thread, 1.8 s with two under load 6 (docs/benchmarks.md); CPU time,
 # not wall, so other jobs on the machine do not make it fail, with room for OpenMP's spinning.
 CPU_SECONDS_30K = 8.0
 
