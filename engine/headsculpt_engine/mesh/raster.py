@@ -90,12 +90,34 @@ def _screen_barycentric(tri_xy: "torch.Tensor", p: "torch.Tensor") -> "torch.Ten
     return torch.stack([l0, l1, 1.0 - l0 - l1], dim=-1)
 
 
+def _edge_coefficients(tri_xy: "torch.Tensor", tri_d: "torch.Tensor", x0: "torch.Tensor",
+                       y0: "torch.Tensor") -> "torch.Tensor":
+    """Per triangle (T, 12): barycentric k = a_k * i + b_k * j + c_k at the pixel centre (x0 + i + 0.5,
+    y0 + j + 0.5) of its box, then 1 / depth of its corners. Set up once per triangle (relative to each
+    edge's start, so float32 keeps its precision on small triangles far from the origin), the test
+    of each candidate pixel is then a multiply-add per edge instead of a cross product."""
+    import torch
+
+    v0, v1, v2 = tri_xy[:, 0], tri_xy[:, 1], tri_xy[:, 2]
+    area = _cross2(v1 - v0, v2 - v0)
+    inv_area = 1.0 / area
+    # Edge k is opposite corner k: lambda_k(p) = cross(v_{k+2} - v_{k+1}, p - v_{k+1}) / area.
+    starts = torch.stack([v1, v2, v0], dim=1)  # (T, 3, 2)
+    edges = torch.stack([v2 - v1, v0 - v2, v1 - v0], dim=1)
+    origin = torch.stack([x0.to(tri_xy.dtype) + 0.5, y0.to(tri_xy.dtype) + 0.5], dim=-1)  # (T, 2)
+    offset = origin.unsqueeze(1) - starts  # box origin relative to each edge's start
+    a = -edges[..., 1] * inv_area.unsqueeze(1)
+    b = edges[..., 0] * inv_area.unsqueeze(1)
+    c = (edges[..., 0] * offset[..., 1] - edges[..., 1] * offset[..., 0]) * inv_area.unsqueeze(1)
+    return torch.cat([a, b, c, 1.0 / tri_d], dim=1)
+
+
 def nearest_triangle_keys(xy: "torch.Tensor", vdepth: "torch.Tensor", faces: "torch.Tensor", height: int,
-                          width: int, near: float = 0.0) -> "torch.Tensor":
+                          width: int, near: float = 0.0, shown: "torch.Tensor | None" = None) -> "torch.Tensor":
     """The visible triangle at every pixel centre, from screen positions xy (B, V, 2) in pixels and
     view depths (B, V). Returns per pixel (flattened B*H*W) the int64 key (float32 depth bits << 32 |
     face index) of the nearest covering triangle; int64 max where none covers it. Triangles with a
-    vertex at depth <= near are skipped."""
+    vertex at depth <= near are skipped, and where `shown` (B, F) bool is given, those it leaves out."""
     import torch
 
     batch = xy.shape[0]
@@ -115,39 +137,40 @@ def nearest_triangle_keys(xy: "torch.Tensor", vdepth: "torch.Tensor", faces: "to
     bh = (y1 - y0 + 1).clamp_min(0)
     area = _cross2(tri_xy[:, :, 1] - tri_xy[:, :, 0], tri_xy[:, :, 2] - tri_xy[:, :, 0])
     valid = (tri_d.amin(dim=2) > near) & (area.abs() > 1e-12) & torch.isfinite(area)
+    if shown is not None:
+        valid &= shown
     count = torch.where(valid, bw * bh, torch.zeros_like(bw)).reshape(-1)  # (B*F,)
     ids = torch.nonzero(count > 0).squeeze(1)
     if ids.numel() == 0:
         return keys
     counts = count[ids]
     ends = torch.cumsum(counts, 0)
-    flat_xy = tri_xy.reshape(-1, 3, 2)
-    flat_d = tri_d.reshape(-1, 3)
-    flat_x0, flat_y0, flat_bw = x0.reshape(-1), y0.reshape(-1), bw.reshape(-1)
+    coeff = _edge_coefficients(tri_xy.reshape(-1, 3, 2)[ids], tri_d.reshape(-1, 3)[ids],
+                               x0.reshape(-1)[ids], y0.reshape(-1)[ids])
+    box_w = bw.reshape(-1)[ids]
     start = 0
     while start < ids.numel():
         base = int(ends[start - 1]) if start > 0 else 0
         stop = int(torch.searchsorted(ends, torch.tensor(base + _CHUNK_CANDIDATES, device=dev), right=True))
         stop = max(stop, start + 1)
-        chunk = ids[start:stop]
         reps = counts[start:stop]
-        owner = torch.repeat_interleave(chunk, reps)
+        owner = torch.repeat_interleave(torch.arange(start, stop, device=dev), reps)  # position in ids
         first = torch.cumsum(reps, 0) - reps
         local = torch.arange(int(reps.sum()), device=dev) - torch.repeat_interleave(first, reps)
-        px = flat_x0[owner] + local % flat_bw[owner]
-        py = flat_y0[owner] + local // flat_bw[owner]
-        centre = torch.stack([px.to(xy.dtype) + 0.5, py.to(xy.dtype) + 0.5], dim=-1)
-        lam = _screen_barycentric(flat_xy[owner], centre)
-        inside = (lam >= 0).all(dim=-1)
-        inv_d = (lam / flat_d[owner]).sum(dim=-1)
-        inside &= inv_d > 0
-        owner, px, py, inv_d = owner[inside], px[inside], py[inside], inv_d[inside]
+        width_of = box_w[owner]
+        lx, ly = local % width_of, local // width_of  # pixel offset inside the triangle's box
+        c = coeff[owner]  # (N, 12): per edge a, b, c, then the corners' inverse depths
+        lam = c[:, 0:3] * lx.unsqueeze(1).to(c.dtype) + c[:, 3:6] * ly.unsqueeze(1).to(c.dtype) + c[:, 6:9]
+        inv_d = (lam * c[:, 9:12]).sum(dim=-1)
+        inside = (lam >= 0).all(dim=-1) & (inv_d > 0)
+        owner, lx, ly, inv_d = owner[inside], lx[inside], ly[inside], inv_d[inside]
         depth = (1.0 / inv_d).to(torch.float32)
-        b = owner // n_faces
-        face = owner % n_faces
+        flat_id = ids[owner]
+        b = flat_id // n_faces
+        face = flat_id % n_faces
         # Positive float32 bit patterns sort like their values: pack depth above the face id.
         key = (depth.view(torch.int32).long() << 32) | face
-        pix = (b * height + py) * width + px
+        pix = (b * height + y0.reshape(-1)[flat_id] + ly) * width + x0.reshape(-1)[flat_id] + lx
         keys.scatter_reduce_(0, pix, key, reduce="amin")
         start = stop
     return keys
@@ -184,14 +207,16 @@ class TorchRasterizer(Rasterizer):
 
     name = "torch"
 
-    def rasterize(self, vertices, faces, cameras):
+    def rasterize(self, vertices, faces, cameras, shown: "torch.Tensor | None" = None):
+        """As `Rasterizer.rasterize`; `shown` (B, F) bool, this backend's own option, draws per view
+        only the faces it marks (a caller's back-face culling)."""
         import torch
 
         batch, height, width = len(cameras), cameras.height, cameras.width
         faces = faces.long()
         xy, vdepth = cameras.project(vertices)  # (B, V, 2), (B, V)
         with torch.no_grad():
-            key = nearest_triangle_keys(xy.detach(), vdepth.detach(), faces, height, width, cameras.near)
+            key = nearest_triangle_keys(xy.detach(), vdepth.detach(), faces, height, width, cameras.near, shown)
         background = key == torch.iinfo(torch.int64).max
         tri = torch.where(background, torch.full_like(key, -1), key & 0xFFFFFFFF).view(batch, height, width)
         mask = ~background.view(batch, height, width)

@@ -12,26 +12,33 @@ if TYPE_CHECKING:
     from ..mesh.raster import RasterOutput
 
 
-def rasterize_prior(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras") -> "RasterOutput":
+def rasterize_prior(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras", cull: bool = False) -> "RasterOutput":
+    """The prior's raster; with `cull`, the torch backend draws each view with only the faces turned
+    towards its camera (`culling.py`: the same image on a closed mesh, about half the work; nvdiffrast
+    on CUDA draws everything, it is fast enough)."""
     import torch
 
-    from ..mesh.raster import make_rasterizer
+    from ..mesh.raster import TorchRasterizer, make_rasterizer
+    from .culling import facing_faces
 
     rasterizer = make_rasterizer(cameras.device)
     v = torch.as_tensor(vertices, dtype=torch.float32, device=cameras.device)
     f = torch.as_tensor(faces, dtype=torch.int32, device=cameras.device)
-    return rasterizer.rasterize(v, f, cameras)
+    if not (cull and isinstance(rasterizer, TorchRasterizer)):
+        return rasterizer.rasterize(v, f, cameras)
+    facing = facing_faces(vertices, faces, cameras.positions().cpu().numpy().astype(np.float64))
+    return rasterizer.rasterize(v, f, cameras, shown=torch.as_tensor(facing, device=cameras.device))
 
 
 def shade(vertices: np.ndarray, faces: np.ndarray, cameras: "Cameras") -> tuple[np.ndarray, "RasterOutput"]:
     """(B, H, W, 3) uint8 grey renders lit from just above the camera (ambient + two-sided Lambert),
-    on a mid-grey background that face detectors handle well; also returns the raster."""
+    on a mid-grey background that face detectors handle well; also returns the (culled) raster."""
     import torch
 
     from ..mesh.raster import make_rasterizer
     from ..mesh.render import vertex_normals
 
-    raster = rasterize_prior(vertices, faces, cameras)
+    raster = rasterize_prior(vertices, faces, cameras, cull=True)
     v = torch.as_tensor(vertices, dtype=torch.float32, device=cameras.device)
     f = torch.as_tensor(faces, dtype=torch.int32, device=cameras.device)
     normals = make_rasterizer(cameras.device).interpolate(vertex_normals(v, f), raster, f)
