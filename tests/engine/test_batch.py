@@ -92,7 +92,7 @@ def interrupt_during_run(manifest: Path, index: int, checkpoint: str, stop: thre
         except (OSError, ValueError, KeyError):
             runs = []
         if len(runs) >= index and runs[index - 1]["state"] == "running" \
-                and (manifest.parent / runs[index - 1]["run"] / checkpoint).is_file():
+                and (manifest.parent / runs[index - 1]["run_folder"] / checkpoint).is_file():
             os.kill(os.getpid(), signal.SIGINT)
             return
         time.sleep(0.05)
@@ -116,7 +116,7 @@ def test_a_batch_of_three_finishes_and_resumes_after_an_interrupt(tmp_path, caps
     assert "[1/3] Generating" in first.out and "[2/3] Generating" in first.out and "[3/3]" not in first.out
     manifest = json.loads((out / "batch.json").read_text())
     assert [run["state"] for run in manifest["runs"]] == ["done", "interrupted", "pending"]
-    first_glb = out / manifest["runs"][0]["run"] / "result" / "avatar.glb"
+    first_glb = out / manifest["runs"][0]["run_folder"] / "result" / "avatar.glb"
     first_stamp = first_glb.stat().st_mtime_ns
 
     assert main(command) == 0
@@ -131,11 +131,11 @@ def test_a_batch_of_three_finishes_and_resumes_after_an_interrupt(tmp_path, caps
     assert manifest["template"] == TEMPLATE and manifest["attributes"] == ATTRIBUTES and manifest["seed"] == 5
     assert [run["state"] for run in runs] == ["done"] * 3
     assert [run["prompt"] for run in runs] == [v.prompt for v in draw(TEMPLATE, ATTRIBUTES, 3, seed=5)]
-    assert len({run["prompt"] for run in runs}) == 3 and len({run["run"] for run in runs}) == 3
+    assert len({run["prompt"] for run in runs}) == 3 and len({run["run_folder"] for run in runs}) == 3
     for run in runs:
-        record = json.loads((out / run["run"] / "run.json").read_text())
+        record = json.loads((out / run["run_folder"] / "run.json").read_text())
         assert record["status"] == "done" and record["prompt"] == run["prompt"] and record["seed"] == 5
-        assert (out / run["run"] / "result" / "avatar.glb").is_file()
+        assert (out / run["run_folder"] / "result" / "avatar.glb").is_file()
         assert all(value in run["prompt"] for value in run["attributes"].values())
 
 
@@ -154,3 +154,21 @@ def test_a_folder_holding_another_batch_is_refused(tmp_path, capsys):
     assert main(["batch", "--prompt", TEMPLATE, "--attributes", str(attributes), "--count", "2", "--seed", "1",
                  "--preset", "tiny", "--out", str(out)]) == 2
     assert "is not a batch manifest" in capsys.readouterr().err
+
+
+def test_eval_reads_a_batch_manifest_as_its_run_folders(tmp_path):
+    """`headsculpt eval OUT/batch.json`: the batch's manifest is the one `eval` reads; a batch not yet
+    done is refused with a sentence."""
+    from headsculpt_engine.batch.manifest import open_manifest
+    from headsculpt_engine.errors import InputError
+    from headsculpt_engine.evaluation.runs import expand_manifests
+
+    out = tmp_path / "batch"
+    manifest = open_manifest(out, TEMPLATE, ATTRIBUTES, 1, None, draw(TEMPLATE, ATTRIBUTES, 2, seed=1))
+    manifest.save()
+    with pytest.raises(InputError, match="finish the batch"):
+        expand_manifests([out / "batch.json"])
+    for entry in manifest.entries:
+        entry.state = "done"
+    manifest.save()
+    assert expand_manifests([out / "batch.json"]) == [out / entry.run_folder for entry in manifest.entries]

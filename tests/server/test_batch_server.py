@@ -37,7 +37,7 @@ def test_batch_on_a_server_downloads_every_result_and_reruns_nothing(engine_serv
         job = jobs[run["job_id"]]
         assert run["state"] == "done" and job["state"] == "done"
         assert job["prompt"] == run["prompt"] and job["seed"] == 9 and job["preset"] == "tiny"
-        result = out / run["run"] / "result"
+        result = out / run["run_folder"] / "result"
         assert (result / "avatar.glb").stat().st_size > 1000
         assert json.loads((result / "avatar.json").read_text())["prompt"] == run["prompt"]
 

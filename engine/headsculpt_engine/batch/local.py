@@ -43,7 +43,7 @@ def run_local(manifest: Manifest, cfg: "RunConfig", prior: "HeadPrior",
 
     manifest.save()
     for entry in manifest.entries:
-        run_dir = manifest.folder / entry.run
+        run_dir = manifest.folder / entry.run_folder
         if entry.state == "done" and run_finished(run_dir):
             print(f"{tag(manifest, entry)} already done: {entry.prompt}", flush=True)
             continue

@@ -24,7 +24,7 @@ class Entry:
     prompt: str
     attributes: dict[str, str]
     seed: int
-    run: str  # folder name inside the batch folder
+    run_folder: str  # folder name inside the batch folder (the key `headsculpt eval` reads too)
     state: str = "pending"
     message: str = ""
     job_id: str | None = None  # the server's job, with --server

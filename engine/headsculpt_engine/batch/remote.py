@@ -124,7 +124,7 @@ def run_remote(manifest: Manifest, api: EngineApi, prior_upload: dict, job_field
 
 
 def _collected(manifest: Manifest, entry: Entry) -> bool:
-    return entry.state == "done" and (manifest.folder / entry.run / "result" / "avatar.glb").is_file()
+    return entry.state == "done" and (manifest.folder / entry.run_folder / "result" / "avatar.glb").is_file()
 
 
 def _existing_job(api: EngineApi, entry: Entry) -> dict | None:
@@ -157,7 +157,7 @@ def _wait(manifest: Manifest, api: EngineApi, entries: list[Entry], poll_s: floa
                     continue
                 active.remove(entry)
                 if job["state"] == "done":
-                    _download(api, entry, job, manifest.folder / entry.run / "result")
+                    _download(api, entry, job, manifest.folder / entry.run_folder / "result")
                     manifest.set_state(entry, "done")
                 else:
                     manifest.set_state(entry, "failed", job.get("message") or f"The job was {job['state']}.")

@@ -48,8 +48,8 @@ def read_run(folder: Path) -> FinishedRun:
 def expand_manifests(paths: list[Path]) -> list[Path]:
     """Run folders, with each `.json` argument read as a batch or dataset manifest: a JSON object whose
     `runs` list holds one entry per generation with its `run_folder` (relative to the manifest's folder,
-    or absolute) and its `state`. This is the manifest `headsculpt batch` is to write (the StyleAvatar3D
-    issue); entries that are not done are refused like unfinished runs."""
+    or absolute) and its `state`, as `headsculpt batch` writes it (batch.json); entries that are not
+    done are refused like unfinished runs."""
     folders: list[Path] = []
     for path in paths:
         path = Path(path).expanduser()
