@@ -64,6 +64,25 @@ def test_an_affinely_changed_builtin_head_gets_the_builtin_layout_back():
     assert np.median(error) < 1e-4 * head_size and error.max() < 1e-3 * head_size, (np.median(error), error.max())
 
 
+@pytest.mark.parametrize("turn", [np.array([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]]),  # facing +X
+                                  np.array([[-1.0, 0, 0], [0, -1, 0], [0, 0, 1]])],  # upside down
+                         ids=["facing +X", "upside down"])
+def test_a_head_marked_lying_sideways_is_turned_upright_and_its_results_stay_in_its_frame(turn):
+    """The keypoints say which way the head faces: the prior is turned so its face looks along +Z with +Y
+    up (the training cameras' pose), and everything still maps back to the file's own frame."""
+    base = builtin_arrays()
+    turned = MeshArrays(base.vertices @ turn.T, base.faces)
+    expected = template_landmarks() @ turn.T
+    keypoints = {name: expected[index] for name, index in KEYPOINTS.items()}
+    prior = load_prior(turned, keypoints=keypoints, detect_landmarks=False, sdf_resolution=16)
+    np.testing.assert_allclose(prior.transform.rotation @ turn, np.eye(3), atol=1e-12)
+    upright = load_prior(base, keypoints={name: template_landmarks()[index] for name, index in KEYPOINTS.items()},
+                         detect_landmarks=False, sdf_resolution=16)
+    assert np.allclose(upright.transform.rotation, np.eye(3))
+    np.testing.assert_allclose(prior.vertices, upright.vertices, atol=1e-5)  # the same upright head
+    np.testing.assert_allclose(prior.transform.to_canonical(prior.landmark_points()), expected, atol=1e-4)
+
+
 def test_suzanne_gets_478_landmarks_on_its_surface_through_the_marked_points(suzanne):
     mesh, keypoint_file, points = suzanne
     prior = load_prior(mesh, keypoints=read_keypoint_file(keypoint_file), detect_landmarks=False, sdf_resolution=16)

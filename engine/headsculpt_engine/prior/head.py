@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import InputError
 from .density import DEFAULT_SHARPNESS, density_prior
 from .frame import PriorTransform
-from .keypoints import keypoint_embedding
+from .keypoints import keypoint_embedding, upright_turn
 from .landmark_render import landmark_visibility, render_landmark_maps
 from .landmarks import LandmarkEmbedding, embedding_from_vertex_indices, read_landmark_file
 from .meshio import MeshArrays, clean_mesh, load_mesh_file
@@ -220,9 +220,16 @@ def load_prior(source: "str | Path | MeshArrays", landmark_file: "str | Path | N
     mesh = clean_mesh(raw)
     transform = PriorTransform.fit(mesh.vertices)
     vertices = transform.to_normalised(mesh.vertices.astype(np.float64)).astype(np.float32)
-    # Guided landmarks first: bad keypoints are refused before anything is written.
-    guided = None if keypoints is None else keypoint_embedding(
-        vertices, mesh.faces, {name: transform.to_normalised(point) for name, point in keypoints.items()})
+    # Guided landmarks first: bad keypoints are refused before anything is written. The keypoints also
+    # tell which way the head faces: a head marked lying down or sideways is turned upright first.
+    guided = None
+    if keypoints is not None:
+        turn = upright_turn({name: transform.to_normalised(point) for name, point in keypoints.items()})
+        if not np.allclose(turn, np.eye(3)):
+            transform = transform.rotated(turn)
+            vertices = transform.to_normalised(mesh.vertices.astype(np.float64)).astype(np.float32)
+        guided = keypoint_embedding(
+            vertices, mesh.faces, {name: transform.to_normalised(point) for name, point in keypoints.items()})
     hash_ = content_hash(mesh)
     cache = prior_cache_dir(hash_, cache_root)
     cache.mkdir(parents=True, exist_ok=True)

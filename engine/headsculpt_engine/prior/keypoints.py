@@ -141,6 +141,20 @@ def check_keypoints_on_mesh(keypoints: dict[str, np.ndarray], vertices: np.ndarr
                          "place on the face.")
 
 
+def upright_turn(keypoints: dict[str, np.ndarray]) -> np.ndarray:
+    """The axis-aligned turn (one of `orientation.axis_rotations`, as the orientation search uses) that
+    brings marked keypoints closest to the built-in head's pose, face along +Z and +Y up: the training
+    cameras assume that pose, so a head marked lying down or facing sideways is turned first. The
+    identity for a head within 45 degrees of upright."""
+    from .orientation import axis_rotations
+
+    template = template_landmarks()
+    source = np.stack([template[index] for index in KEYPOINTS.values()])
+    target = np.stack([keypoints[name] for name in KEYPOINTS])
+    _, rotation, _ = similarity_fit(source, target)  # target ~ s R source + t, so R^T turns it upright
+    return max(axis_rotations(), key=lambda turn: float(np.trace(turn @ rotation)))
+
+
 def keypoint_embedding(vertices: np.ndarray, faces: np.ndarray,
                        keypoints: dict[str, np.ndarray]) -> LandmarkEmbedding:
     """The 478-landmark embedding on the mesh (`vertices` in the keypoints' frame) guided by `keypoints`."""
