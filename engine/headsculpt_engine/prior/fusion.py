@@ -93,16 +93,10 @@ def _weighted_median(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def surface_embedding(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(K,) triangles and (K, 3) barycentrics of the surface points nearest `points` (K, 3)."""
-    import igl
+    from ..mesh.closest import closest_on_surface
 
-    v = np.asarray(vertices, dtype=np.float64)
-    f = np.asarray(faces, dtype=np.int64)
-    _, face, closest = igl.point_mesh_squared_distance(np.asarray(points, dtype=np.float64), v, f)
-    corners = f[face]
-    bary = igl.barycentric_coordinates(closest, v[corners[:, 0]], v[corners[:, 1]], v[corners[:, 2]])
-    bary = np.clip(np.nan_to_num(bary), 0.0, 1.0)
-    bary /= bary.sum(axis=1, keepdims=True).clip(1e-12)
-    return face.astype(np.int64), bary.astype(np.float32)
+    face, bary, _ = closest_on_surface(points, vertices, faces)
+    return face, bary.astype(np.float32)
 
 
 def fuse_views(lifts: list[ViewLift], vertices: np.ndarray, faces: np.ndarray, num_views: int) -> LandmarkEmbedding:
