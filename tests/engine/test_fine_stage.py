@@ -124,19 +124,25 @@ def test_laplacian_loss_is_the_authors_unsquared_graph_laplacian():
         assert math.isclose(float(lifted.grad[centre, 2]) * n * n, 12.0, rel_tol=1e-5)
 
 
-def test_density_to_sdf_recovers_distance_near_a_soft_sphere():
-    from headsculpt_engine.stages.fine import density_to_sdf
+def test_density_sdf_recovers_distance_near_a_soft_sphere_and_its_sign_alone_gives_the_extent():
+    from headsculpt_engine.stages.fine import DensitySDF
 
     a, r = 0.005, 0.4  # the prior's density profile (Eq. 3): surface density 1 / (2a) = 100
 
     def density(x):
         return torch.sigmoid(-(x.norm(dim=-1) - r) / a) / a
 
-    sdf = density_to_sdf(density, threshold=100.0, step=0.002)
+    sdf = DensitySDF(density, threshold=100.0, step=0.002)
     pts = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1) * (r + (torch.rand(200, 1) - 0.5) * 0.01)
     assert torch.allclose(sdf(pts), pts.norm(dim=-1) - r, atol=2e-3)
     far = torch.tensor([[0.0, 0.0, 0.0], [0.9, 0.0, 0.0]])
     assert sdf(far)[0] < 0 < sdf(far)[1]
+    # The cheap sign function agrees with the estimate's sign everywhere.
+    assert torch.equal(sdf.sign_fn(pts) < 0, sdf(pts) < 0) and torch.equal(sdf.sign_fn(far) < 0, sdf(far) < 0)
+    from headsculpt_engine.mesh.tets import occupied_extent
+
+    extent = occupied_extent(sdf.sign_fn, 1.0, resolution=40)
+    assert extent == occupied_extent(sdf, 1.0, resolution=40) and r - 0.05 <= extent <= r
 
 
 def test_fine_stage_starts_from_a_coarse_run(tmp_path, monkeypatch):

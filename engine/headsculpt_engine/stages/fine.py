@@ -242,21 +242,29 @@ class FineStage:
         return vertices.detach().float().cpu(), faces.cpu()
 
 
-def density_to_sdf(density_fn: Callable[[torch.Tensor], torch.Tensor], threshold: float, step: float,
-                   limit: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+@dataclass(frozen=True)
+class DensitySDF:
     """A signed-distance estimate from a density field: (threshold - density) / |grad density|, the
     gradient by central differences of `step` (the field's prior term carries no autograd gradient),
     negative inside the level set, clamped to +-limit where the density is flat."""
-    offsets = torch.eye(3) * step
 
-    def sdf(points: torch.Tensor) -> torch.Tensor:
-        density = density_fn(points).reshape(-1).float()
-        grad = torch.stack([(density_fn(points + d.to(points)).reshape(-1) - density_fn(points - d.to(points)).reshape(-1))
-                            for d in offsets], dim=-1).float() / (2.0 * step)
-        dist = (threshold - density) / grad.norm(dim=-1).clamp_min(1e-6)
-        return dist.clamp(-limit, limit)
+    density_fn: Callable[[torch.Tensor], torch.Tensor]
+    threshold: float
+    step: float
+    limit: float = 1.0
 
-    return sdf
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        density = self.density_fn(points).reshape(-1).float()
+        offsets = torch.eye(3, device=points.device, dtype=points.dtype) * self.step
+        grad = torch.stack([(self.density_fn(points + d).reshape(-1) - self.density_fn(points - d).reshape(-1))
+                            for d in offsets], dim=-1).float() / (2.0 * self.step)
+        dist = (self.threshold - density) / grad.norm(dim=-1).clamp_min(1e-6)
+        return dist.clamp(-self.limit, self.limit)
+
+    def sign_fn(self, points: torch.Tensor) -> torch.Tensor:
+        """threshold - density: the estimate's sign at one density evaluation instead of seven (all
+        that finding the occupied extent needs)."""
+        return self.threshold - self.density_fn(points).reshape(-1).float()
 
 
 def _initial_fields(cfg: "RunConfig", prior, coarse_dir: Path | None, device, colour):
@@ -266,7 +274,7 @@ def _initial_fields(cfg: "RunConfig", prior, coarse_dir: Path | None, device, co
 
         field_ = load_coarse(Path(coarse_dir), cfg, prior, device).field
         cell = 2.0 * cfg.coarse.bound / cfg.fine.tet_resolution
-        sdf_fn = density_to_sdf(field_.density, cfg.fine.density_threshold, step=0.5 * cell)
+        sdf_fn = DensitySDF(field_.density, cfg.fine.density_threshold, step=0.5 * cell)
         return (colour if colour is not None else field_), sdf_fn
     if colour is None:
         from ..nerf.field import HeadField
@@ -284,7 +292,8 @@ def grid_bound(cfg: "RunConfig", sdf_fn: Callable[[torch.Tensor], torch.Tensor],
     bound = cfg.coarse.bound
     if not cfg.fine.fit_grid:
         return bound
-    extent = occupied_extent(sdf_fn, bound, device=device)
+    # Only the sign matters here: a density-derived estimate offers a cheaper function of the same sign.
+    extent = occupied_extent(getattr(sdf_fn, "sign_fn", sdf_fn), bound, device=device)
     return min(bound, extent + cfg.fine.grid_margin) if extent > 0 else bound
 
 
