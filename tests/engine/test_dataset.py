@@ -209,3 +209,40 @@ def test_the_sampler_uses_the_face_controlnet_on_front_views_and_the_plain_unet_
 
     assert not np.array_equal(image(models, front), image(other, front))
     np.testing.assert_array_equal(image(models, back), image(other, back))
+
+
+def test_lora_and_image_reach_the_sampler_and_the_dataset_settings(tmp_path, prompts_file, monkeypatch, capsys):
+    import dataclasses
+
+    from headsculpt_engine.cameras import orbit_cameras
+    from headsculpt_engine.dataset.sampling import LandmarkSampler
+    from headsculpt_engine.models.loading import tiny_models_dir
+    from headsculpt_engine.models.tiny import TINY_LORA_DIR
+
+    samplers = []
+    sample = LandmarkSampler.sample
+    monkeypatch.setattr(LandmarkSampler, "sample", lambda self, *a: samplers.append(self) or sample(self, *a))
+    lora = str(tiny_models_dir() / TINY_LORA_DIR)
+    image = tmp_path / "ref.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "ds"
+    styles = ["--lora", lora, "--lora-scale", "0.5", "--image", str(image), "--image-scale", "0.4"]
+    assert dataset(out, "--views", "1", *FACING, *styles, prompts=prompts_file) == 0
+
+    sampler = samplers[0]
+    assert [(loaded.source, loaded.scale) for loaded in sampler.models.loras] == [(lora, 0.5)]
+    assert sampler.image is not None and sampler.image.scale == 0.4
+    settings = json.loads((out / "views.json").read_text())["settings"]
+    assert settings["loras"] == [{"source": lora, "scale": 0.5}]
+    assert settings["image_prompt"]["file"] == str(image.resolve()) and settings["image_prompt"]["scale"] == 0.4
+    # The image prompt steers the sampling: at scale 0 (the text-only prediction) the same view comes out otherwise.
+    front = orbit_cameras([0.0], 90.0, 1.25, 40.0, 64, 64)
+    maps = builtin_prior().landmark_maps(front)
+    styled = sample(sampler, PROMPTS[0], front, maps, 7)
+    sampler.image = dataclasses.replace(sampler.image, scale=0.0)
+    assert not np.array_equal(styled, sample(sampler, PROMPTS[0], front, maps, 7))
+
+    capsys.readouterr()
+    assert main(["dataset", "--from-runs", str(tmp_path), "--views", "1", "--out", str(tmp_path / "runs-ds"),
+                 *styles]) == 2
+    assert "--from-runs renders finished avatars" in capsys.readouterr().err

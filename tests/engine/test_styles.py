@@ -137,19 +137,50 @@ def test_an_unreadable_image_gets_a_sentence_and_nothing_is_written(tmp_path, co
     assert not run_dir.exists()
 
 
-def test_the_run_record_names_each_lora_with_its_hash_and_the_image(tmp_path, tiny_lora):
-    cfg = tiny_run_config(image=write_image(tmp_path / "ref.png", (90, 90, 200)))
+@pytest.fixture(scope="module")
+def styled_run(tmp_path_factory, tiny_lora):
+    """A one-iteration coarse run with the tiny LoRA at 0.7 and an image prompt at 0.6."""
+    folder = tmp_path_factory.mktemp("styled")
+    cfg = tiny_run_config(image=write_image(folder / "ref.png", (90, 90, 200)), image_scale=0.6)
     cfg.models.loras, cfg.models.lora_scales = (tiny_lora,), (0.7,)
-    run_dir = tmp_path / "run"
-    pipeline.generate(cfg, builtin_prior(), run_dir, stages=("coarse",))
-    record = json.loads((run_dir / "run.json").read_text())
+    pipeline.generate(cfg, builtin_prior(), folder / "run", stages=("coarse",))
+    return folder / "run"
+
+
+def test_the_run_record_names_each_lora_with_its_hash_and_the_image(styled_run, tiny_lora):
+    record = json.loads((styled_run / "run.json").read_text())
 
     lora_file = tiny_models_dir() / TINY_LORA_DIR / LORA_WEIGHTS
     assert record["loras"] == [{"source": tiny_lora, "file": str(lora_file.resolve()), "scale": 0.7,
                                 "sha256": hashlib.sha256(lora_file.read_bytes()).hexdigest()}]
-    image = tmp_path / "ref.png"
+    image = styled_run.parent / "ref.png"
     assert record["image_prompt"] == {"file": str(image.resolve()),
                                       "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}
+
+
+def test_an_edit_inherits_the_parents_lora_and_image_unless_given_its_own(styled_run, tmp_path):
+    from headsculpt_engine.cli import build_parser
+    from headsculpt_engine.commands.edit import edit_config
+
+    record = json.loads((styled_run / "run.json").read_text())
+    parser = build_parser()
+    edit = ["edit", "--from", str(styled_run), "--instruction", "make him older"]
+    cfg, inherited = edit_config(parser.parse_args(edit), record)
+    lora_file = str((tiny_models_dir() / TINY_LORA_DIR / LORA_WEIGHTS).resolve())
+    image = str((styled_run.parent / "ref.png").resolve())
+    assert (cfg.models.loras, cfg.models.lora_scales) == ((lora_file,), (0.7,))
+    assert (cfg.guidance.image, cfg.guidance.image_scale) == (image, 0.6)
+    assert inherited == [f"LoRA {lora_file} at scale 0.7", f"image prompt {image} at scale 0.6"]
+
+    own = write_image(tmp_path / "own.png", (10, 200, 10))
+    cfg, inherited = edit_config(parser.parse_args([*edit, "--lora", "a/style", "--image", own]), record)
+    assert (cfg.models.loras, cfg.models.lora_scales) == (("a/style",), (1.0,))
+    assert (cfg.guidance.image, cfg.guidance.image_scale) == (str((tmp_path / "own.png").resolve()), 1.0)
+    assert inherited == []
+    # Each is inherited on its own: a LoRA of the user's own keeps the parent's image prompt.
+    cfg, inherited = edit_config(parser.parse_args([*edit, "--lora", "a/style"]), record)
+    assert cfg.models.loras == ("a/style",) and cfg.guidance.image == image
+    assert inherited == [f"image prompt {image} at scale 0.6"]
 
 
 def test_each_lora_takes_the_scale_after_it_on_generate_and_edit():

@@ -5,19 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import shutil
 
 import huggingface_hub.constants
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from headsculpt_engine.models.loading import tiny_models_dir
-from headsculpt_engine.models.lora import LORA_WEIGHTS
-from headsculpt_engine.models.tiny import TINY_LORA_DIR
 from headsculpt_engine.server.app import create_app
 from headsculpt_engine.server.runner import ServerOptions, job_config
 from headsculpt_engine.server.schemas import GenerateRequest
+
+from .lora_cache import tiny_lora_cache
 
 TOKEN = "styles-test-token"
 
@@ -32,14 +30,8 @@ def client(tmp_path):
 @pytest.fixture()
 def hub_cache(tmp_path, monkeypatch):
     """A Hugging Face cache holding the tiny LoRA as the repository `styles/tiny-cartoon`."""
-    cache = tmp_path / "hub"
-    snapshot = cache / "models--styles--tiny-cartoon" / "snapshots" / "0123abc"
-    snapshot.mkdir(parents=True)
-    shutil.copy(tiny_models_dir() / TINY_LORA_DIR / LORA_WEIGHTS, snapshot / LORA_WEIGHTS)
-    (cache / "models--styles--tiny-cartoon" / "refs").mkdir()
-    (cache / "models--styles--tiny-cartoon" / "refs" / "main").write_text("0123abc")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return snapshot / LORA_WEIGHTS
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tiny_lora_cache(tmp_path / "hub")
 
 
 def png_b64(colour=(200, 30, 30)) -> str:

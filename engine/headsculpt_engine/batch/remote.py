@@ -94,25 +94,33 @@ class EngineApi:
                              f"{info.get('landmarks', {}).get('message', '')}")
         return info
 
+    def upload_image(self, path: Path) -> str:
+        """The image prompt's id on the server (which stores it as PNG, named by its sha256)."""
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise InputError(f"The image prompt {path} cannot be read ({error.strerror or error}).") from None
+        return self.call("POST", "/v1/images", json={"data_b64": base64.b64encode(data).decode("ascii")})["image_id"]
+
 
 def run_remote(manifest: Manifest, api: EngineApi, prior_upload: dict, job_fields: dict,
-               poll_s: float = 1.0) -> list[Entry]:
+               image: Path | None = None, poll_s: float = 1.0) -> list[Entry]:
     """Submit the variations not done yet (re-attaching to jobs the manifest names), wait for all of
-    them, download each result; returns the entries that did not finish."""
+    them, download each result; returns the entries that did not finish. The prior and the image
+    prompt (`image`) are uploaded once, when the first job is submitted."""
     api.check()
     manifest.save()
     todo = [entry for entry in manifest.entries if not _collected(manifest, entry)]
     for entry in manifest.entries:
         if entry not in todo:
             print(f"{tag(manifest, entry)} already done: {entry.prompt}", flush=True)
-    prior_id = ""
+    uploaded: dict[str, str] = {}
     for entry in todo:
         job = _existing_job(api, entry)
         if job is None:
-            if not prior_id:
-                print(f"Uploading the prior to {api.url}...", flush=True)
-                prior_id = api.upload_prior(**prior_upload)["prior_id"]
-            job = api.call("POST", "/v1/jobs", json=dict(job_fields, kind="generate", prior_id=prior_id,
+            if not uploaded:
+                uploaded = _upload(api, prior_upload, image)
+            job = api.call("POST", "/v1/jobs", json=dict(job_fields, **uploaded, kind="generate",
                                                          prompt=entry.prompt, seed=entry.seed))
             entry.job_id = job["job_id"]
             print(f"{tag(manifest, entry)} submitted as job {entry.job_id}: {entry.prompt}", flush=True)
@@ -121,6 +129,16 @@ def run_remote(manifest: Manifest, api: EngineApi, prior_upload: dict, job_field
         manifest.set_state(entry, "running")
     _wait(manifest, api, todo, poll_s)
     return [entry for entry in manifest.entries if entry.state != "done"]
+
+
+def _upload(api: EngineApi, prior_upload: dict, image: Path | None) -> dict[str, str]:
+    """The uploads every job of the batch names: the prior, and the image prompt when there is one."""
+    print(f"Uploading the prior to {api.url}...", flush=True)
+    uploaded = {"prior_id": api.upload_prior(**prior_upload)["prior_id"]}
+    if image is not None:
+        print(f"Uploading the image prompt {image}...", flush=True)
+        uploaded["image_id"] = api.upload_image(image)
+    return uploaded
 
 
 def _collected(manifest: Manifest, entry: Entry) -> bool:

@@ -87,13 +87,37 @@ def _run_remote(args: argparse.Namespace, manifest) -> list:
     if given:
         raise InputError(f"{', '.join(given)} apply to generations on this machine; jobs on a server run with the "
                          "models and settings the server was started with. Drop them, or leave out --server.")
-    if args.loras or args.image:
-        raise InputError("batch --server does not send style LoRAs or an image prompt yet; run the batch on this "
-                         "machine (leave out --server), or drop --lora and --image.")
-    api = EngineApi(manifest.server, _token(args))
     fields = {"preset": args.preset, "negative_prompt": args.negative_prompt, "guidance": args.guidance,
-              "landmarks": "none" if args.landmarks == "none" else "prior"}
-    return run_remote(manifest, api, _prior_upload(args), fields, poll_s=args.poll)
+              "landmarks": "none" if args.landmarks == "none" else "prior", **_style_fields(args)}
+    image = _image_option(args)
+    api = EngineApi(manifest.server, _token(args))
+    return run_remote(manifest, api, _prior_upload(args), fields, image=image, poll_s=args.poll)
+
+
+def _style_fields(args: argparse.Namespace) -> dict:
+    """The LoRAs and image scale as a job names them. The server reads LoRAs from its own model cache by
+    Hub id only (never a client's path), so a LoRA file is refused here, before anything is submitted."""
+    from ..models.download import is_hub_id
+
+    files = [source for source, _ in args.loras if not is_hub_id(source)]
+    if files:
+        raise InputError(f"The LoRA {files[0]} names a file or folder on this machine; an engine server takes "
+                         "LoRAs only by Hugging Face id, from its own model cache. Pass the LoRA's Hub id (put it "
+                         "in the server's cache first), or leave out --server.")
+    fields: dict = {"loras": [{"id": source, "scale": float(scale)} for source, scale in args.loras]}
+    if args.image:
+        fields["image_scale"] = args.image_scale
+    return fields
+
+
+def _image_option(args: argparse.Namespace) -> Path | None:
+    """The --image file, checked readable as an image before anything is submitted; None without one."""
+    from ..guidance.image_prompt import read_image
+
+    if not args.image:
+        return None
+    read_image(args.image)
+    return Path(args.image).expanduser()
 
 
 def _token(args: argparse.Namespace) -> str:

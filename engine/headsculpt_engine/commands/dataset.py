@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .options import add_keypoint_options, add_run_options
+from .options import add_keypoint_options, add_run_options, add_style_options
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -43,6 +43,7 @@ def register(subparsers) -> None:
                         help="classifier-free guidance scale of the sampling (default 7.5)")
     parser.add_argument("--negative-prompt", default="")
     add_run_options(parser)
+    add_style_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -52,13 +53,17 @@ def run(args: argparse.Namespace) -> int:
     from ..dataset.build import build_dataset
     from ..dataset.writer import DatasetWriter
     from ..errors import InputError
-    from .options import config_from_args
+    from .options import apply_style_options, config_from_args
 
     if args.views < 1:
         raise InputError("--views must be at least 1: the number of images the dataset gets.")
     if args.steps < 1:
         raise InputError("--steps must be at least 1.")
+    if args.from_runs and (args.loras or args.image):
+        raise InputError("--lora and --image style the images sampled from prompts; --from-runs renders finished "
+                         "avatars, which keep the styles they were made with. Drop them, or use --prompts.")
     cfg = config_from_args(args)
+    apply_style_options(cfg, args)
     size = cfg.guidance.resolution
     settings = {"seed": cfg.seed, "size": size, "camera": asdict(cfg.camera),
                 "back_view_policy": cfg.guidance.back_views}
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         settings.update(prior=sources[0].prior.content_hash, models=cfg.models.base, steps=args.steps,
                         sampler=args.sampler, guidance_scale=args.guidance_scale,
                         negative_prompt=args.negative_prompt, prompt_prefix=cfg.guidance.prompt_prefix,
-                        back_view_token=cfg.models.back_view_token_file)
+                        back_view_token=cfg.models.back_view_token_file, **_style_settings(cfg))
     settings["sources"] = [source.identity for source in sources]
     writer = DatasetWriter(args.out, settings)
     writer.check()
@@ -83,6 +88,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"Done: {count} images with dataset.json in {args.out / 'images'}; contact sheet "
           f"{args.out / 'contact_sheet.png'}")
     return 0
+
+
+def _style_settings(cfg: "RunConfig") -> dict:
+    """The LoRAs and the image prompt as views.json records them (a rerun with others is refused); the
+    image is read here, so an unreadable one is refused before anything is written."""
+    from ..guidance.image_prompt import read_image
+    from ..models.lora import sha256_file
+
+    image = None
+    if cfg.guidance.image:
+        read_image(cfg.guidance.image)
+        image = {"file": cfg.guidance.image, "sha256": sha256_file(Path(cfg.guidance.image)),
+                 "scale": cfg.guidance.image_scale}
+    return {"loras": [{"source": source, "scale": scale} for source, scale in zip(cfg.models.loras,
+                                                                                   cfg.models.lora_scales)],
+            "image_prompt": image}
 
 
 def _prompt_sources(args: argparse.Namespace, cfg: "RunConfig") -> list["PromptSource"]:
@@ -104,9 +125,12 @@ def _prompt_sources(args: argparse.Namespace, cfg: "RunConfig") -> list["PromptS
     @lru_cache(maxsize=1)
     def sampler() -> LandmarkSampler:
         from ..devices import resolve_device
+        from ..guidance.factory import run_image_prompt
         from ..models.loading import load_diffusion_models
 
         print("Loading the diffusion models...", flush=True)
-        return LandmarkSampler(load_diffusion_models(cfg.models, resolve_device(cfg.device)), options)
+        models = load_diffusion_models(cfg.models, resolve_device(cfg.device),
+                                       with_image_prompt=bool(cfg.guidance.image))
+        return LandmarkSampler(models, options, image=run_image_prompt(cfg, models))
 
     return prompt_sources(prompts, prior, sampler)

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .options import add_keypoint_options, add_run_options, add_style_options
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 def register(subparsers) -> None:
@@ -35,16 +39,10 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .. import pipeline
-    from ..prior.keypoints import read_keypoint_file
-    from ..stages.loop import RunCallbacks
-    from .options import ProgressBars, apply_style_options, cancel_on_interrupt, config_from_args, slug
+def edit_config(args: argparse.Namespace, parent_record: dict[str, Any]) -> tuple["RunConfig", list[str]]:
+    """The edit's run configuration, and a line for each style it inherits from the parent run."""
+    from .options import apply_style_options, config_from_args
 
-    parent = Path(args.parent).expanduser()
-    parent_record = pipeline.parent_record(parent)
-    instruction = pipeline.validate_prompt(args.instruction, what="instruction")
-    keypoints = read_keypoint_file(args.keypoints) if args.keypoints else None
     if args.preset is None:
         args.preset = parent_record.get("preset") or "paper"
     cfg = config_from_args(args)
@@ -53,9 +51,44 @@ def run(args: argparse.Namespace) -> int:
     if args.edit_scale is not None:
         cfg.guidance.edit_scale = args.edit_scale
     cfg.guidance.kind = (parent_record.get("guidance") or "sds") if args.guidance == "parent" else args.guidance
+    return cfg, inherit_styles(cfg, args, parent_record)
+
+
+def inherit_styles(cfg: "RunConfig", args: argparse.Namespace, parent_record: dict[str, Any]) -> list[str]:
+    """The parent's LoRAs and image prompt where the user gave none of their own: an edit keeps the style
+    of the avatar it changes. They are the files the parent's run.json names (a Hub id's LoRA as the
+    cache held it), whatever folder the edit runs from."""
+    lines = []
+    loras = parent_record.get("loras") or []
+    if loras and not args.loras:
+        cfg.models.loras = tuple(lora["file"] for lora in loras)
+        cfg.models.lora_scales = tuple(float(lora["scale"]) for lora in loras)
+        lines += [f"LoRA {source} at scale {scale:g}" for source, scale in zip(cfg.models.loras, cfg.models.lora_scales)]
+    image = parent_record.get("image_prompt")
+    if image and not args.image:
+        cfg.guidance.image = image["file"]
+        cfg.guidance.image_scale = float(parent_record["config"]["guidance"]["image_scale"])
+        lines.append(f"image prompt {image['file']} at scale {cfg.guidance.image_scale:g}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import pipeline
+    from ..prior.keypoints import read_keypoint_file
+    from ..stages.loop import RunCallbacks
+    from .options import ProgressBars, cancel_on_interrupt, slug
+
+    parent = Path(args.parent).expanduser()
+    parent_record = pipeline.parent_record(parent)
+    instruction = pipeline.validate_prompt(args.instruction, what="instruction")
+    keypoints = read_keypoint_file(args.keypoints) if args.keypoints else None
+    cfg, inherited = edit_config(args, parent_record)
     run_dir = Path(args.out) if args.out else parent.with_name(f"{parent.name}-{slug(instruction, 32)}")
     bars = ProgressBars()
     print(f"Editing {parent} with \"{instruction}\" ({args.mode}, preset {cfg.preset}) into {run_dir}", flush=True)
+    if inherited:
+        print(f"Inherited from the parent run: {'; '.join(inherited)}. Pass --lora or --image to choose others.",
+              flush=True)
     try:
         with cancel_on_interrupt() as cancel_requested:
             callbacks = RunCallbacks(on_progress=bars, should_cancel=cancel_requested)

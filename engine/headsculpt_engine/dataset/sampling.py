@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..cameras import Cameras
+    from ..guidance.image_prompt import ImagePrompt
     from ..models.loading import DiffusionModels
 
 # diffusers scheduler classes by the --sampler name.
@@ -34,13 +35,16 @@ class SamplingOptions:
 
 
 class LandmarkSampler:
-    """`sample(prompt, cameras, maps, seed)` -> (B, H, W, 3) uint8 images, one per camera."""
+    """`sample(prompt, cameras, maps, seed)` -> (B, H, W, 3) uint8 images, one per camera. The models'
+    style LoRAs are in their UNet; `image` is an image prompt, taken on front and side views as the
+    guidance takes it."""
 
-    def __init__(self, models: "DiffusionModels", options: SamplingOptions):
+    def __init__(self, models: "DiffusionModels", options: SamplingOptions, image: "ImagePrompt | None" = None):
         import diffusers
 
         self.models = models
         self.options = options
+        self.image = image
         self.scheduler = getattr(diffusers, SAMPLERS[options.sampler]).from_config(models.scheduler.config)
 
     def sample(self, prompt: str, cameras: "Cameras", maps: "torch.Tensor", seed: int) -> np.ndarray:
@@ -51,7 +55,7 @@ class LandmarkSampler:
 
         o, models = self.options, self.models
         predictor = LandmarkPredictor(models, o.prompt_prefix + prompt, o.negative_prompt, o.resolution, o.back_view_policy,
-                                      o.controlnet_scale)
+                                      o.controlnet_scale, image=self.image)
         codec = VaeCodec(models.vae, o.resolution)
         size = o.resolution // codec.downsampling
         shape = (len(cameras), models.unet.config.in_channels, size, size)

@@ -66,7 +66,7 @@ class DatasetWriter:
                 held = None
             if held != self.settings:
                 raise InputError(f"{self.root} holds a dataset made with other settings (prompts, prior, seed, "
-                                 "models or sampling); rerun with the same settings to resume, or choose "
+                                 "models, styles or sampling); rerun with the same settings to resume, or choose "
                                  "another --out folder.")
         elif self.images.is_dir() and any(self.images.iterdir()):
             raise InputError(f"{self.images} already holds files that are not a dataset of this command; "

@@ -68,10 +68,10 @@ def _prompt(cfg: "RunConfig", prompt: str | None) -> str:
 def _landmark_predictor(cfg: "RunConfig", models: "DiffusionModels", prompt: str, negative: str) -> LandmarkPredictor:
     g = cfg.guidance
     return LandmarkPredictor(models, prompt, negative, g.resolution, g.back_views, g.controlnet_scale,
-                             batched_cfg=g.batched_cfg, image=_image_prompt(cfg, models))
+                             batched_cfg=g.batched_cfg, image=run_image_prompt(cfg, models))
 
 
-def _image_prompt(cfg: "RunConfig", models: "DiffusionModels") -> ImagePrompt | None:
+def run_image_prompt(cfg: "RunConfig", models: "DiffusionModels") -> ImagePrompt | None:
     """The run's image prompt (`guidance.image`), encoded by the IP-Adapter's image encoder."""
     g = cfg.guidance
     if not g.image:
