@@ -417,10 +417,18 @@ class HEADSCULPT_OT_download_models_cancel(_HeadSculptOperator):
         return {"FINISHED"}
 
 
+def view_ray(region, region_data, x: int, y: int) -> keypoints.Ray:
+    """The 3D view's ray through region pixel (x, y): what a click there points at."""
+    from bpy_extras import view3d_utils
+
+    return (view3d_utils.region_2d_to_origin_3d(region, region_data, (x, y)),
+            view3d_utils.region_2d_to_vector_3d(region, region_data, (x, y)))
+
+
 class HEADSCULPT_OT_mark_keypoints(bpy.types.Operator):
-    """A thin modal shell over keypoints.mark_hit: each left click on the prior marks the next keypoint
-    (shown as an empty on the mesh); Backspace steps back, Esc or right click stops. Viewport navigation
-    keeps working meanwhile."""
+    """A thin modal shell over keypoints.MarkingTool: each left click on the prior marks the next keypoint
+    (shown as an empty on the mesh); Backspace steps back, Enter stops, Esc or right click cancels.
+    Viewport navigation keeps working meanwhile."""
 
     bl_idname = "headsculpt.mark_keypoints"
     bl_label = "Mark keypoints"
@@ -436,48 +444,22 @@ class HEADSCULPT_OT_mark_keypoints(bpy.types.Operator):
         st = state(context.scene)
         if st.prior is None or st.prior.type != "MESH":
             return refuse(self, context, "Pick the head mesh as the prior first, then mark its keypoints.")
-        st.landmark_mode = "keypoints"
-        missing = [name for name in keypoints.NAMES if name not in keypoints.keypoint_objects(st.prior)]
-        self.order = missing or list(keypoints.NAMES)  # all marked already: go round again, moving them
-        self.step = 0
+        self.landmark_mode, st.landmark_mode = st.landmark_mode, "keypoints"  # put back on cancel
+        self.tool = keypoints.MarkingTool(st.prior)
         context.window_manager.modal_handler_add(self)
-        self._prompt(context)
+        context.area.header_text_set(self.tool.header)
         return {"RUNNING_MODAL"}
 
-    def _prompt(self, context) -> None:
-        name = self.order[self.step]
-        context.area.header_text_set(f"Click the {keypoints.describe(name)} "
-                                     f"({self.step + 1} of {len(self.order)}); Backspace: back, Esc: stop")
-
-    def _finish(self, context, message: str) -> set:
-        context.area.header_text_set(None)
-        state(context.scene).status = message
-        return {"FINISHED"}
-
     def modal(self, context, event):
-        st = state(context.scene)
-        if event.type in {"ESC", "RIGHTMOUSE"} and event.value == "PRESS":
-            marked = len(keypoints.keypoint_objects(st.prior))
-            return self._finish(context, f"{marked} of {len(keypoints.NAMES)} keypoints marked")
-        if event.type == "BACK_SPACE" and event.value == "PRESS" and self.step > 0:
-            self.step -= 1
-            keypoints.remove_keypoint(st.prior, self.order[self.step])
-            self._prompt(context)
-            return {"RUNNING_MODAL"}
-        if event.type == "LEFTMOUSE" and event.value == "PRESS":
-            from bpy_extras import view3d_utils
-
-            spot = (event.mouse_region_x, event.mouse_region_y)
-            origin = view3d_utils.region_2d_to_origin_3d(context.region, context.region_data, spot)
-            direction = view3d_utils.region_2d_to_vector_3d(context.region, context.region_data, spot)
-            hit, location, _, _, obj, _ = context.scene.ray_cast(context.evaluated_depsgraph_get(), origin, direction)
-            if hit and keypoints.mark_hit(st.prior, self.order[self.step], obj, location):
-                self.step += 1
-                if self.step == len(self.order):
-                    return self._finish(context, "All keypoints marked: Generate uses them")
-                self._prompt(context)
-            return {"RUNNING_MODAL"}
-        return {"PASS_THROUGH"}
+        result = self.tool.handle(context, event, functools.partial(view_ray, context.region, context.region_data))
+        if result != {"PASS_THROUGH"}:
+            context.area.header_text_set(self.tool.header)
+        if self.tool.status:
+            st = state(context.scene)
+            st.status = self.tool.status
+            if result == {"CANCELLED"}:
+                st.landmark_mode = self.landmark_mode
+        return result
 
 
 class HEADSCULPT_OT_save_keypoints(_HeadSculptOperator):
