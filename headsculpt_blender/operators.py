@@ -9,6 +9,7 @@ from pathlib import Path
 import bpy
 
 from . import engine_setup, jobs, keypoints, model_download
+from .background import Worker
 from .client import EngineError
 from .styles import StyleRefusal, style_fields
 from .engine import LOCAL, engine_launcher
@@ -341,54 +342,70 @@ def redraw_while_busy() -> None:
         bpy.app.timers.register(_redraw_while_busy, first_interval=0.5)
 
 
-class HEADSCULPT_OT_setup_engine(_HeadSculptOperator):
-    bl_idname = "headsculpt.setup_engine"
-    bl_label = "Set up engine"
-    bl_description = ("Make the engine's own Python environment in the extension's user folder: PyTorch for "
-                      "this computer and the engine (downloads 1-4 GB; safe to press again to repair)")
-
-    def run(self, context):
-        if not bpy.app.online_access:
-            raise Refusal(engine_setup.ONLINE_ACCESS_OFF)
-        try:
-            plan = engine_setup.make_plan(setup_env_dir().parent)
-            engine_setup.SETUP.start(plan)
-        except engine_setup.SetupError as error:
-            raise Refusal(str(error)) from None
-        LOCAL.stop()  # an engine started from an older environment restarts from the new one
-        redraw_while_busy()
-        state(context.scene).last_error = ""
-        return {"FINISHED"}
-
-
-class HEADSCULPT_OT_setup_engine_cancel(_HeadSculptOperator):
-    bl_idname = "headsculpt.setup_engine_cancel"
-    bl_label = "Cancel setup"
-    bl_description = "Stop setting up the engine (press Set up engine later to finish it)"
-
-    @classmethod
-    def poll(cls, context):
-        return engine_setup.SETUP.running
-
-    def run(self, context):
-        engine_setup.SETUP.cancel()
-        return {"FINISHED"}
-
-
 DOWNLOAD_OFFLINE = ("Online access is off in Blender, and the models are downloaded from the Hugging Face Hub "
                     "(about 4 GB). Allow it in Edit > Preferences > System > Network (Allow Online Access), "
                     "then press Download models again.")
 
 
-class HEADSCULPT_OT_download_models(_HeadSculptOperator):
+class _StartWorker(_HeadSculptOperator):
+    """Set up engine and Download models: refused while Blender's online access is off (`offline` says how
+    to allow it); `start` hands the work to a background.Worker, redrawn while it runs."""
+
+    offline: str
+
+    def run(self, context):
+        if not bpy.app.online_access:
+            raise Refusal(self.offline)
+        self.start(context)
+        redraw_while_busy()
+        return {"FINISHED"}
+
+
+class _CancelWorker(_HeadSculptOperator):
+    """Stops `worker` (a background.Worker); pressable only while it runs."""
+
+    worker: Worker
+
+    @classmethod
+    def poll(cls, context):
+        return cls.worker.running
+
+    def run(self, context):
+        self.worker.cancel()
+        return {"FINISHED"}
+
+
+class HEADSCULPT_OT_setup_engine(_StartWorker):
+    bl_idname = "headsculpt.setup_engine"
+    bl_label = "Set up engine"
+    bl_description = ("Make the engine's own Python environment in the extension's user folder: PyTorch for "
+                      "this computer and the engine (downloads 1-4 GB; safe to press again to repair)")
+    offline = engine_setup.ONLINE_ACCESS_OFF
+
+    def start(self, context) -> None:
+        try:
+            engine_setup.SETUP.start(engine_setup.make_plan(setup_env_dir().parent))
+        except engine_setup.SetupError as error:
+            raise Refusal(str(error)) from None
+        LOCAL.stop()  # an engine started from an older environment restarts from the new one
+        state(context.scene).last_error = ""
+
+
+class HEADSCULPT_OT_setup_engine_cancel(_CancelWorker):
+    bl_idname = "headsculpt.setup_engine_cancel"
+    bl_label = "Cancel setup"
+    bl_description = "Stop setting up the engine (press Set up engine later to finish it)"
+    worker = engine_setup.SETUP
+
+
+class HEADSCULPT_OT_download_models(_StartWorker):
     bl_idname = "headsculpt.download_models"
     bl_label = "Download models"
     bl_description = ("Download the default models (Stable Diffusion 1.5 and its face and edit ControlNets) into "
                       "the Hugging Face cache on this computer, sizes first; resumes where it stopped")
+    offline = DOWNLOAD_OFFLINE
 
-    def run(self, context):
-        if not bpy.app.online_access:
-            raise Refusal(DOWNLOAD_OFFLINE)
+    def start(self, context) -> None:
         engine = settings(context)
         if engine.mode != "local":
             raise Refusal("A remote engine loads its models where it runs: run `headsculpt download-models` "
@@ -399,22 +416,13 @@ class HEADSCULPT_OT_download_models(_HeadSculptOperator):
             raise Refusal("The models are being downloaded already.")
         token = getattr(context.window_manager, TOKEN_PROP, "").strip()
         model_download.DOWNLOAD.start(model_download.download_command(engine_launcher(engine)), user_dir(), token)
-        redraw_while_busy()
-        return {"FINISHED"}
 
 
-class HEADSCULPT_OT_download_models_cancel(_HeadSculptOperator):
+class HEADSCULPT_OT_download_models_cancel(_CancelWorker):
     bl_idname = "headsculpt.download_models_cancel"
     bl_label = "Cancel download"
     bl_description = "Stop downloading (press Download models later to go on where it stopped)"
-
-    @classmethod
-    def poll(cls, context):
-        return model_download.DOWNLOAD.running
-
-    def run(self, context):
-        model_download.DOWNLOAD.cancel()
-        return {"FINISHED"}
+    worker = model_download.DOWNLOAD
 
 
 def view_ray(region, region_data, x: int, y: int) -> keypoints.Ray:
