@@ -1,11 +1,13 @@
 """A child process run from a worker thread, its output read line by line, and stoppable from the main
-thread: what Set up engine and Download models share. No bpy here."""
+thread; one such job at a time, its state readable while it runs: what Set up engine and Download models
+share. No bpy here."""
 from __future__ import annotations
 
 import os
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import IO
 
 
@@ -63,3 +65,44 @@ class ProcessRunner:
                 log.flush()
         self.check()
         return code, lines
+
+
+class Worker:
+    """One job at a time in a daemon thread: `_launch` starts the subclass's `_run`, `snapshot()` copies
+    its state (a dataclass) out under the lock, `cancel()` stops its child process."""
+
+    def __init__(self, state, thread_name: str) -> None:
+        self._lock = threading.Lock()
+        self._state = state
+        self._thread_name = thread_name
+        self._thread: threading.Thread | None = None
+        self._runner = ProcessRunner()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def snapshot(self):
+        with self._lock:
+            return replace(self._state)
+
+    def cancel(self) -> None:
+        self._runner.cancel()
+
+    def wait(self, timeout: float | None = None):
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.snapshot()
+
+    def _launch(self, state, *args) -> None:
+        """Start `self._run(*args)` from `state`; the caller has refused already when `running`."""
+        self._runner.reset()
+        with self._lock:
+            self._state = state
+        self._thread = threading.Thread(target=self._run, args=args, name=self._thread_name, daemon=True)
+        self._thread.start()
+
+    def _update(self, **changes) -> None:
+        with self._lock:
+            for name, value in changes.items():
+                setattr(self._state, name, value)

@@ -19,11 +19,10 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .background import Cancelled, ProcessRunner
+from .background import Cancelled, Worker
 
 PAYLOAD_DIR = Path(__file__).resolve().parent / "engine_dist"
 ENV_DIR_NAME = "engine-env"
@@ -271,47 +270,22 @@ def install_steps(plan: SetupPlan) -> list[Step]:
     ]
 
 
-class EngineSetup:
+class EngineSetup(Worker):
     """One setup run at a time, in a worker thread; cancellable; its state readable at any time."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._state = SetupState()
-        self._thread: threading.Thread | None = None
-        self._runner = ProcessRunner()
+        super().__init__(SetupState(), "headsculpt-setup")
 
     def snapshot(self) -> SetupState:
         with self._lock:
             return replace(self._state, log=list(self._state.log[-20:]))
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def start(self, plan: SetupPlan) -> None:
         if self.running:
             raise SetupError("The engine is being set up already; wait for it or cancel it.")
-        self._runner.reset()
-        steps = 1 + len(install_steps(plan))
-        self._update(phase="running", step=0, steps=steps, title="", package="", downloaded_bytes=0,
-                     message="", log=[])
-        self._thread = threading.Thread(target=self._run, args=(plan,), name="headsculpt-setup", daemon=True)
-        self._thread.start()
-
-    def cancel(self) -> None:
-        self._runner.cancel()
-
-    def wait(self, timeout: float | None = None) -> SetupState:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.snapshot()
+        self._launch(SetupState(phase="running", steps=1 + len(install_steps(plan))), plan)
 
     # -- the worker thread --------------------------------------------------------------------------
-
-    def _update(self, **changes) -> None:
-        with self._lock:
-            for name, value in changes.items():
-                setattr(self._state, name, value)
 
     def _run(self, plan: SetupPlan) -> None:
         plan.env_dir.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,14 @@
 478-point layout onto the mesh through them), when no face is found on a head.
 
 Each keypoint is an empty parented to the prior (so it moves with it, and shows where it was put),
-located in the prior's local coordinates. The modal tool in operators.py only turns clicks into
-`add_keypoint` calls; everything here is plain code that tests call directly.
+located in the prior's local coordinates. The Mark keypoints tool's logic is `MarkingTool`: the modal
+operator in operators.py only hands it events and the view's ray through a pixel, so everything here is
+plain code that tests call directly.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import bpy
@@ -102,3 +104,76 @@ def mark_hit(prior, name: str, hit_object, world_location) -> bool:
         return False
     add_keypoint(prior, name, world_location)
     return True
+
+
+Ray = tuple[Vector, Vector]  # origin and direction, in world coordinates
+
+
+class MarkingTool:
+    """The Mark keypoints tool, apart from the viewport: which keypoints it asks for and how far it got.
+    A left click on the prior marks the next keypoint; Backspace or Ctrl+Z takes the last click back;
+    Enter stops, keeping what is marked; Esc or right click cancels, leaving every keypoint as it was
+    before the tool started (so a cancelled run leaves nothing half-done behind)."""
+
+    def __init__(self, prior) -> None:
+        self.prior = prior
+        missing = [name for name in NAMES if name not in keypoint_objects(prior)]
+        self.order = missing or list(NAMES)  # all marked already: go round again, moving them
+        self._before: list[Vector | None] = []  # for each click so far, where its keypoint was (None: unmarked)
+        self.status = ""  # the panel's status line once the tool stopped; empty while it runs
+
+    @property
+    def step(self) -> int:
+        return len(self._before)
+
+    @property
+    def header(self) -> str | None:
+        """The viewport header's line while the tool runs; None once it stopped."""
+        if self.status:
+            return None
+        return (f"Click the {describe(self.order[self.step])} ({self.step + 1} of {len(self.order)}); "
+                "Backspace: back, Enter: done, Esc: cancel")
+
+    def handle(self, context, event, ray_at: Callable[[int, int], Ray]) -> set[str]:
+        """One viewport event (`type`, `value`, `ctrl`, `mouse_region_x`, `mouse_region_y`): what the modal
+        operator returns for it. `ray_at(x, y)` is the view's ray through that region pixel; a click casts
+        it on the scene."""
+        if event.value != "PRESS":
+            return {"PASS_THROUGH"}
+        if event.type in {"ESC", "RIGHTMOUSE"}:
+            while self._before:
+                self._take_back()
+            return self._stop("Mark keypoints cancelled: the keypoints are as they were", {"CANCELLED"})
+        if event.type in {"RET", "NUMPAD_ENTER"}:
+            return self._stop(f"{len(keypoint_objects(self.prior))} of {len(NAMES)} keypoints marked", {"FINISHED"})
+        if event.type == "BACK_SPACE" or (event.type == "Z" and event.ctrl):
+            if self._before:
+                self._take_back()
+            return {"RUNNING_MODAL"}  # Ctrl+Z never reaches Blender's undo, which would undo behind the tool
+        if event.type == "LEFTMOUSE":
+            origin, direction = ray_at(event.mouse_region_x, event.mouse_region_y)
+            hit, location, _, _, obj, _ = context.scene.ray_cast(context.evaluated_depsgraph_get(), origin, direction)
+            if hit and self._mark(obj, location) and self.step == len(self.order):
+                return self._stop("All keypoints marked: Generate uses them", {"FINISHED"})
+            return {"RUNNING_MODAL"}
+        return {"PASS_THROUGH"}  # viewport navigation keeps working
+
+    def _mark(self, hit_object, world_location) -> bool:
+        name = self.order[self.step]
+        empty = keypoint_objects(self.prior).get(name)
+        before = None if empty is None else empty.location.copy()
+        if not mark_hit(self.prior, name, hit_object, world_location):
+            return False
+        self._before.append(before)
+        return True
+
+    def _take_back(self) -> None:
+        name, before = self.order[self.step - 1], self._before.pop()
+        if before is None:
+            remove_keypoint(self.prior, name)
+        else:
+            keypoint_objects(self.prior)[name].location = before
+
+    def _stop(self, status: str, result: set[str]) -> set[str]:
+        self.status = status
+        return result

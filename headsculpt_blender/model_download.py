@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from .background import Cancelled, ProcessRunner
+from .background import Cancelled, Worker
 
 LOG_FILE = "download.log"
 
@@ -40,44 +39,19 @@ def download_command(launcher: list[str], models: str = "default") -> list[str]:
     return [*launcher, "download-models", "--models", models, "--progress", "json"]
 
 
-class ModelDownload:
+class ModelDownload(Worker):
+    """One download at a time, in a worker thread; cancellable; its state readable at any time."""
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._state = DownloadState()
-        self._thread: threading.Thread | None = None
-        self._runner = ProcessRunner()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def snapshot(self) -> DownloadState:
-        with self._lock:
-            return replace(self._state)
+        super().__init__(DownloadState(), "headsculpt-download")
 
     def start(self, command: list[str], log_dir: Path, token: str = "") -> None:
         if self.running:
             raise RuntimeError("The models are being downloaded already.")
-        self._runner.reset()
-        self._set(DownloadState(phase="running"))
         env = dict(os.environ)
         if token:
             env["HF_TOKEN"] = token
-        self._thread = threading.Thread(target=self._run, args=(command, log_dir, env), daemon=True,
-                                        name="headsculpt-download")
-        self._thread.start()
-
-    def cancel(self) -> None:
-        self._runner.cancel()
-
-    def wait(self, timeout: float | None = None) -> DownloadState:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.snapshot()
-
-    def _set(self, state: DownloadState) -> None:
-        with self._lock:
-            self._state = state
+        self._launch(DownloadState(phase="running"), command, log_dir, env)
 
     def _run(self, command: list[str], log_dir: Path, env: dict[str, str]) -> None:
         final: dict = {}
@@ -107,23 +81,18 @@ class ModelDownload:
             with open(log_dir / LOG_FILE, "a", encoding="utf-8") as log:
                 code, lines = self._runner.run(command, on_line, log, env=env)
         except Cancelled:
-            self._finish("cancelled", "Download cancelled; press Download models to go on (the file it was on "
-                                      "starts over).")
+            self._update(phase="cancelled", message="Download cancelled; press Download models to go on (the file "
+                                                    "it was on starts over).")
             return
         except OSError as error:
-            self._finish("failed", f"The engine could not be started to download the models: {error}.")
+            self._update(phase="failed", message=f"The engine could not be started to download the models: {error}.")
             return
         if final.get("event") == "done" and code == 0:
             size = int(final.get("downloaded", 0)) / 1e9
-            self._finish("done", f"Models ready ({size:.1f} GB downloaded now; the rest was in the cache)"
+            self._update(phase="done", message=f"Models ready ({size:.1f} GB downloaded now; the rest was in the cache)"
                          if size else "Models ready: every file is in the Hugging Face cache")
         else:
             reason = final.get("message") or (lines[-1].strip() if lines else "no output")
-            self._finish("failed", f"Download models failed: {reason}")
-
-    def _finish(self, phase: str, message: str) -> None:
-        with self._lock:
-            self._state.phase, self._state.message = phase, message
-
+            self._update(phase="failed", message=f"Download models failed: {reason}")
 
 DOWNLOAD = ModelDownload()

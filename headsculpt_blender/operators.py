@@ -9,6 +9,7 @@ from pathlib import Path
 import bpy
 
 from . import engine_setup, jobs, keypoints, model_download
+from .background import Worker
 from .client import EngineError
 from .styles import StyleRefusal, style_fields
 from .engine import LOCAL, engine_launcher
@@ -341,54 +342,70 @@ def redraw_while_busy() -> None:
         bpy.app.timers.register(_redraw_while_busy, first_interval=0.5)
 
 
-class HEADSCULPT_OT_setup_engine(_HeadSculptOperator):
-    bl_idname = "headsculpt.setup_engine"
-    bl_label = "Set up engine"
-    bl_description = ("Make the engine's own Python environment in the extension's user folder: PyTorch for "
-                      "this computer and the engine (downloads 1-4 GB; safe to press again to repair)")
-
-    def run(self, context):
-        if not bpy.app.online_access:
-            raise Refusal(engine_setup.ONLINE_ACCESS_OFF)
-        try:
-            plan = engine_setup.make_plan(setup_env_dir().parent)
-            engine_setup.SETUP.start(plan)
-        except engine_setup.SetupError as error:
-            raise Refusal(str(error)) from None
-        LOCAL.stop()  # an engine started from an older environment restarts from the new one
-        redraw_while_busy()
-        state(context.scene).last_error = ""
-        return {"FINISHED"}
-
-
-class HEADSCULPT_OT_setup_engine_cancel(_HeadSculptOperator):
-    bl_idname = "headsculpt.setup_engine_cancel"
-    bl_label = "Cancel setup"
-    bl_description = "Stop setting up the engine (press Set up engine later to finish it)"
-
-    @classmethod
-    def poll(cls, context):
-        return engine_setup.SETUP.running
-
-    def run(self, context):
-        engine_setup.SETUP.cancel()
-        return {"FINISHED"}
-
-
 DOWNLOAD_OFFLINE = ("Online access is off in Blender, and the models are downloaded from the Hugging Face Hub "
                     "(about 4 GB). Allow it in Edit > Preferences > System > Network (Allow Online Access), "
                     "then press Download models again.")
 
 
-class HEADSCULPT_OT_download_models(_HeadSculptOperator):
+class _StartWorker(_HeadSculptOperator):
+    """Set up engine and Download models: refused while Blender's online access is off (`offline` says how
+    to allow it); `start` hands the work to a background.Worker, redrawn while it runs."""
+
+    offline: str
+
+    def run(self, context):
+        if not bpy.app.online_access:
+            raise Refusal(self.offline)
+        self.start(context)
+        redraw_while_busy()
+        return {"FINISHED"}
+
+
+class _CancelWorker(_HeadSculptOperator):
+    """Stops `worker` (a background.Worker); pressable only while it runs."""
+
+    worker: Worker
+
+    @classmethod
+    def poll(cls, context):
+        return cls.worker.running
+
+    def run(self, context):
+        self.worker.cancel()
+        return {"FINISHED"}
+
+
+class HEADSCULPT_OT_setup_engine(_StartWorker):
+    bl_idname = "headsculpt.setup_engine"
+    bl_label = "Set up engine"
+    bl_description = ("Make the engine's own Python environment in the extension's user folder: PyTorch for "
+                      "this computer and the engine (downloads 1-4 GB; safe to press again to repair)")
+    offline = engine_setup.ONLINE_ACCESS_OFF
+
+    def start(self, context) -> None:
+        try:
+            engine_setup.SETUP.start(engine_setup.make_plan(setup_env_dir().parent))
+        except engine_setup.SetupError as error:
+            raise Refusal(str(error)) from None
+        LOCAL.stop()  # an engine started from an older environment restarts from the new one
+        state(context.scene).last_error = ""
+
+
+class HEADSCULPT_OT_setup_engine_cancel(_CancelWorker):
+    bl_idname = "headsculpt.setup_engine_cancel"
+    bl_label = "Cancel setup"
+    bl_description = "Stop setting up the engine (press Set up engine later to finish it)"
+    worker = engine_setup.SETUP
+
+
+class HEADSCULPT_OT_download_models(_StartWorker):
     bl_idname = "headsculpt.download_models"
     bl_label = "Download models"
     bl_description = ("Download the default models (Stable Diffusion 1.5 and its face and edit ControlNets) into "
                       "the Hugging Face cache on this computer, sizes first; resumes where it stopped")
+    offline = DOWNLOAD_OFFLINE
 
-    def run(self, context):
-        if not bpy.app.online_access:
-            raise Refusal(DOWNLOAD_OFFLINE)
+    def start(self, context) -> None:
         engine = settings(context)
         if engine.mode != "local":
             raise Refusal("A remote engine loads its models where it runs: run `headsculpt download-models` "
@@ -399,28 +416,27 @@ class HEADSCULPT_OT_download_models(_HeadSculptOperator):
             raise Refusal("The models are being downloaded already.")
         token = getattr(context.window_manager, TOKEN_PROP, "").strip()
         model_download.DOWNLOAD.start(model_download.download_command(engine_launcher(engine)), user_dir(), token)
-        redraw_while_busy()
-        return {"FINISHED"}
 
 
-class HEADSCULPT_OT_download_models_cancel(_HeadSculptOperator):
+class HEADSCULPT_OT_download_models_cancel(_CancelWorker):
     bl_idname = "headsculpt.download_models_cancel"
     bl_label = "Cancel download"
     bl_description = "Stop downloading (press Download models later to go on where it stopped)"
+    worker = model_download.DOWNLOAD
 
-    @classmethod
-    def poll(cls, context):
-        return model_download.DOWNLOAD.running
 
-    def run(self, context):
-        model_download.DOWNLOAD.cancel()
-        return {"FINISHED"}
+def view_ray(region, region_data, x: int, y: int) -> keypoints.Ray:
+    """The 3D view's ray through region pixel (x, y): what a click there points at."""
+    from bpy_extras import view3d_utils
+
+    return (view3d_utils.region_2d_to_origin_3d(region, region_data, (x, y)),
+            view3d_utils.region_2d_to_vector_3d(region, region_data, (x, y)))
 
 
 class HEADSCULPT_OT_mark_keypoints(bpy.types.Operator):
-    """A thin modal shell over keypoints.mark_hit: each left click on the prior marks the next keypoint
-    (shown as an empty on the mesh); Backspace steps back, Esc or right click stops. Viewport navigation
-    keeps working meanwhile."""
+    """A thin modal shell over keypoints.MarkingTool: each left click on the prior marks the next keypoint
+    (shown as an empty on the mesh); Backspace steps back, Enter stops, Esc or right click cancels.
+    Viewport navigation keeps working meanwhile."""
 
     bl_idname = "headsculpt.mark_keypoints"
     bl_label = "Mark keypoints"
@@ -436,48 +452,22 @@ class HEADSCULPT_OT_mark_keypoints(bpy.types.Operator):
         st = state(context.scene)
         if st.prior is None or st.prior.type != "MESH":
             return refuse(self, context, "Pick the head mesh as the prior first, then mark its keypoints.")
-        st.landmark_mode = "keypoints"
-        missing = [name for name in keypoints.NAMES if name not in keypoints.keypoint_objects(st.prior)]
-        self.order = missing or list(keypoints.NAMES)  # all marked already: go round again, moving them
-        self.step = 0
+        self.landmark_mode, st.landmark_mode = st.landmark_mode, "keypoints"  # put back on cancel
+        self.tool = keypoints.MarkingTool(st.prior)
         context.window_manager.modal_handler_add(self)
-        self._prompt(context)
+        context.area.header_text_set(self.tool.header)
         return {"RUNNING_MODAL"}
 
-    def _prompt(self, context) -> None:
-        name = self.order[self.step]
-        context.area.header_text_set(f"Click the {keypoints.describe(name)} "
-                                     f"({self.step + 1} of {len(self.order)}); Backspace: back, Esc: stop")
-
-    def _finish(self, context, message: str) -> set:
-        context.area.header_text_set(None)
-        state(context.scene).status = message
-        return {"FINISHED"}
-
     def modal(self, context, event):
-        st = state(context.scene)
-        if event.type in {"ESC", "RIGHTMOUSE"} and event.value == "PRESS":
-            marked = len(keypoints.keypoint_objects(st.prior))
-            return self._finish(context, f"{marked} of {len(keypoints.NAMES)} keypoints marked")
-        if event.type == "BACK_SPACE" and event.value == "PRESS" and self.step > 0:
-            self.step -= 1
-            keypoints.remove_keypoint(st.prior, self.order[self.step])
-            self._prompt(context)
-            return {"RUNNING_MODAL"}
-        if event.type == "LEFTMOUSE" and event.value == "PRESS":
-            from bpy_extras import view3d_utils
-
-            spot = (event.mouse_region_x, event.mouse_region_y)
-            origin = view3d_utils.region_2d_to_origin_3d(context.region, context.region_data, spot)
-            direction = view3d_utils.region_2d_to_vector_3d(context.region, context.region_data, spot)
-            hit, location, _, _, obj, _ = context.scene.ray_cast(context.evaluated_depsgraph_get(), origin, direction)
-            if hit and keypoints.mark_hit(st.prior, self.order[self.step], obj, location):
-                self.step += 1
-                if self.step == len(self.order):
-                    return self._finish(context, "All keypoints marked: Generate uses them")
-                self._prompt(context)
-            return {"RUNNING_MODAL"}
-        return {"PASS_THROUGH"}
+        result = self.tool.handle(context, event, functools.partial(view_ray, context.region, context.region_data))
+        if result != {"PASS_THROUGH"}:
+            context.area.header_text_set(self.tool.header)
+        if self.tool.status:
+            st = state(context.scene)
+            st.status = self.tool.status
+            if result == {"CANCELLED"}:
+                st.landmark_mode = self.landmark_mode
+        return result
 
 
 class HEADSCULPT_OT_save_keypoints(_HeadSculptOperator):
