@@ -211,7 +211,8 @@ def queue_variations(scene, submitted: list[dict], names: list[str]) -> None:
     its avatar's name and its place in the row (0 sits on the prior)."""
     st = state(scene)
     set_job(scene, submitted[0])
-    waiting = [{"job_id": job["job_id"], "prompt": job.get("prompt", ""), "name": name, "place": place}
+    waiting = [{"job_id": job["job_id"], "prompt": job.get("prompt", ""), "seed": int(job.get("seed", 0)),
+                "name": name, "place": place}
                for place, (job, name) in enumerate(zip(submitted, names)) if place > 0]
     st.variation_queue = json.dumps(waiting) if waiting else ""
 
@@ -228,6 +229,7 @@ def next_variation(scene) -> None:
         return
     item, st.variation_queue = queue[0], json.dumps(queue[1:]) if queue[1:] else ""
     st.job_id, st.job_state, st.job_stage, st.job_prompt = item["job_id"], "queued", "", item["prompt"]
+    st.job_seed = item["seed"]
     st.job_name, st.job_place = item["name"], int(item["place"])
     st.job_iteration = st.job_total = 0
     st.job_eta_s, st.job_updated_at, st.result_object = -1.0, 0.0, None

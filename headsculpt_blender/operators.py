@@ -144,13 +144,14 @@ class HEADSCULPT_OT_generate(_HeadSculptOperator):
         vertices, faces, landmarks = prior_payload(context, prior)
         styles, image = style_fields(st, preferences(context))
         job_list = [{"kind": "generate", "prompt": prompt, "negative_prompt": st.negative_prompt.strip(),
-                     "seed": st.seed, "preset": st.preset, "guidance": st.guidance, **styles} for prompt in prompts]
+                     "seed": variation.seed, "preset": st.preset, "guidance": st.guidance, **styles}
+                    for prompt, variation in zip(prompts, variations)]
         if st.landmark_mode == "none":
             for job in job_list:
                 job["landmarks"] = "none"
         names = [variation.name for variation in variations]
         key = prior_key(prior, st.landmark_mode)
-        jobs.begin_job(scene, "generate", prompt=prompts[0], seed=st.seed, instruction="", parent_id="", prior=prior,
+        jobs.begin_job(scene, "generate", prompt=prompts[0], seed=variations[0].seed, instruction="", parent_id="", prior=prior,
                        source=None, status="Uploading the prior and submitting the job", name=names[0])
 
         def apply(scene, result):

@@ -63,7 +63,8 @@ class HeadSculptSceneState(bpy.types.PropertyGroup):
                               description="w_e: weight of the instruction against the original prompt")
     variations: IntProperty(name="Variations", min=1, max=16, default=1,
                             description="How many avatars to make on the prior, side by side: write the "
-                                        "alternatives to vary in the prompt as {young|old}")
+                                        "alternatives to vary in the prompt as {young|old}, or leave them out "
+                                        "to vary the seed")
     # Styles and an image as prompt (StyleAvatar3D): a LoRA by Hugging Face id, an image uploaded to the engine
     lora: StringProperty(name="Style LoRA", description="Hugging Face id (owner/name) of a style LoRA in the "
                                                        "engine's model cache; empty: the preferences' LoRA")
