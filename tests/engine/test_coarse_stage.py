@@ -100,7 +100,8 @@ def test_sphere_prior_silhouette_matches_the_analytic_one(prior):
 
 
 def test_oracle_guidance_trains_the_colours_of_a_painted_flame_head(flame_prior):
-    cfg = small_config(160)
+    # 100 iterations: held-out PSNR about 22.5 (measured: 17.7 after 20, 20.9 after 60, flat from 100).
+    cfg = small_config(100)
     target = flame_painted_target(flame_prior)
     guidance = oracle_guidance(target, generator=torch.Generator().manual_seed(0))
     stage = CoarseStage(cfg, flame_prior, guidance, "cpu")
