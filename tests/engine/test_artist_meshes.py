@@ -112,7 +112,7 @@ def test_an_open_neck_is_inside_by_winding_number():
     below = v[f].mean(axis=1)[:, 1] < np.quantile(v[:, 1], 0.08)  # cut the lowest faces away: a wide opening
     prior = load_prior(MeshArrays(v, f[~below]), detect_landmarks=False, sdf_resolution=32)
     centre = prior.transform.to_normalised(v.mean(axis=0))
-    assert prior.signed_distance(torch.tensor([centre], dtype=torch.float32)) < 0
+    assert prior.signed_distance(torch.tensor(centre[None], dtype=torch.float32)) < 0
 
 
 def test_a_mesh_over_the_size_limit_gets_a_sentence():

@@ -97,8 +97,10 @@ def test_dataset_writes_n_images_whose_cameras_reproject_the_landmarks_onto_the_
         for group in landmark_groups():
             drawn = pixels_of(condition, GROUP_COLOURS[group.name])
             if len(drawn):
-                # Lines 2 pixels thick between the projected landmarks (cv2 draws from the pixels holding them).
-                assert segment_distance(drawn, xy[group.edges[:, 0]], xy[group.edges[:, 1]]).max() < 2.0
+                # Lines 2 pixels thick between the projected landmarks (cv2 draws from the pixels holding them):
+                # within half the thickness (1), the landmark's rounding to its pixel's centre (up to 0.71)
+                # and the thick line's fill rounding (up to 0.71) of the true segment.
+                assert segment_distance(drawn, xy[group.edges[:, 0]], xy[group.edges[:, 1]]).max() < 2.5
             lit += len(drawn)
         assert lit > 30
     assert iris_checked >= 2

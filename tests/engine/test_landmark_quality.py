@@ -16,7 +16,7 @@ from headsculpt_engine.prior.detect import DETECTION_FOV, DETECTION_RADIUS, DETE
 from headsculpt_engine.prior.landmark_map import landmark_groups
 from headsculpt_engine.prior.meshio import load_mesh_file
 from headsculpt_engine.prior.preview import landmark_view_cameras
-from headsculpt_engine.prior.render import shade
+from headsculpt_engine.prior.render import SKIN_TONE, shade
 from test_prior_landmarks import base_prior, flame_prior  # noqa: F401  (the shared prior fixtures)
 
 MIRROR = np.array([-1.0, 1.0, 1.0])
@@ -42,7 +42,7 @@ def mirror_partner(base_prior):
     from scipy.optimize import linear_sum_assignment
 
     camera = orbit_cameras([0.0], [90.0], DETECTION_RADIUS, DETECTION_FOV, 512, 512)
-    image, _ = shade(base_prior.vertices, base_prior.faces, camera)
+    image, _ = shade(base_prior.vertices, base_prior.faces, camera, tone=SKIN_TONE)
     original, flipped = run_facemesh([image[0], np.ascontiguousarray(image[0][:, ::-1])])
     back = flipped[:, :2].copy()
     back[:, 0] = image.shape[2] - back[:, 0]
@@ -79,7 +79,7 @@ def test_landmarks_mirror_their_partners(head, mirror_partner):
 
 def test_landmarks_agree_with_held_out_views(head):
     cameras = detection_like_cameras(HELD_OUT_VIEWS)
-    images, _ = shade(head.vertices, head.faces, cameras)
+    images, _ = shade(head.vertices, head.faces, cameras, tone=SKIN_TONE)
     detected = run_facemesh(images)
     points = torch.as_tensor(head.landmark_points(), dtype=torch.float32)
     xy, _ = cameras.project(points)

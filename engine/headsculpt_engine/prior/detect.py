@@ -105,13 +105,13 @@ def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 def lift_views(vertices: np.ndarray, faces: np.ndarray, cameras) -> list[ViewLift]:
     """Render, run FaceMesh and lift, per camera; one lift per view where FaceMesh found a face."""
-    from .render import shade
+    from .render import SKIN_TONE, shade
 
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)
     normals = face_normals(v, f)
     eyes = cameras.positions().cpu().numpy().astype(np.float64)
-    images, raster = shade(vertices, faces, cameras)
+    images, raster = shade(vertices, faces, cameras, tone=SKIN_TONE)
     detections = run_facemesh(images)
     triangle_id = raster.triangle_id.cpu().numpy()
     bary = raster.barycentric.cpu().numpy()

@@ -65,13 +65,13 @@ def orientation_scores(vertices: np.ndarray, faces: np.ndarray, rotations: list[
     import torch
 
     from ..cameras import orbit_cameras
-    from .render import shade
+    from .render import SKIN_TONE, shade
 
     cameras = orbit_cameras([0.0] * len(rotations), 90.0, SEARCH_RADIUS, SEARCH_FOV, SEARCH_SIZE, SEARCH_SIZE)
     turn = torch.as_tensor(np.stack(rotations), dtype=cameras.c2w.dtype).transpose(1, 2)
     cameras.c2w = cameras.c2w.clone()
     cameras.c2w[:, :3, :] = turn @ cameras.c2w[:, :3, :]
-    images, _ = shade(vertices, faces, cameras)
+    images, _ = shade(vertices, faces, cameras, tone=SKIN_TONE)
     return face_scores(images)
 
 
