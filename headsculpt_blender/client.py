@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -28,6 +31,10 @@ class EngineError(Exception):
     """A problem talking to the engine, phrased for the artist."""
 
 
+class EngineUnreachable(EngineError):
+    """The connection failed: no engine there, or it closed the connection mid-request."""
+
+
 @dataclass
 class EngineClient:
     url: str
@@ -35,12 +42,16 @@ class EngineClient:
     timeout_s: float = QUICK_TIMEOUT_S
 
     # -- plumbing -------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: dict | None = None, timeout: float | None = None,
+    def _request(self, method: str, path: str, body: dict | BinaryIO | None = None, timeout: float | None = None,
                  auth: bool = True) -> tuple[int, bytes, str]:
-        data = None if body is None else json.dumps(body).encode("utf-8")
+        """`body`: JSON, or an open file sent as it is (streamed, not read into memory first)."""
+        data = json.dumps(body).encode("utf-8") if isinstance(body, dict) else body
         request = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method)
-        if data is not None:
+        if isinstance(body, dict):
             request.add_header("Content-Type", "application/json")
+        elif body is not None:
+            request.add_header("Content-Type", "application/octet-stream")
+            request.add_header("Content-Length", str(os.fstat(body.fileno()).st_size))
         if auth and self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -50,10 +61,10 @@ class EngineClient:
             raise EngineError(_http_error_sentence(error)) from None
         except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise EngineError(f"The engine at {self.url} cannot be reached ({reason}); start it, or check "
-                              "the engine settings in the add-on preferences.") from None
+            raise EngineUnreachable(f"The engine at {self.url} cannot be reached ({reason}); start it, or check "
+                                    "the engine settings in the add-on preferences.") from None
 
-    def _json(self, method: str, path: str, body: dict | None = None, timeout: float | None = None,
+    def _json(self, method: str, path: str, body: dict | BinaryIO | None = None, timeout: float | None = None,
               auth: bool = True) -> dict:
         _, payload, _ = self._request(method, path, body, timeout, auth)
         try:
@@ -92,6 +103,22 @@ class EngineClient:
         """An image prompt's file bytes; the engine answers its image_id."""
         body = {"data_b64": base64.b64encode(data).decode("ascii")}
         return self._json("POST", "/v1/images", body, timeout=TRANSFER_TIMEOUT_S)
+
+    def upload_lora(self, path: Path) -> dict:
+        """A LoRA .safetensors file, streamed; the engine answers its lora_id (upload:<sha256>). An engine
+        refuses a file over its size limit before reading it and closes the connection, which urllib
+        sees as a reset rather than the engine's answer: said as such."""
+        try:
+            with path.open("rb") as handle:
+                return self._json("POST", "/v1/loras", handle, timeout=TRANSFER_TIMEOUT_S)
+        except OSError as error:
+            raise EngineError(f"The style LoRA {path} cannot be read ({error.strerror or error}).") from None
+        except EngineUnreachable:
+            self.health()  # still there? Then it stopped taking the file.
+            raise EngineError(f"The engine stopped taking the style LoRA {path.name} "
+                              f"({path.stat().st_size / 2**20:.0f} MB) while it was being sent: it is likely over "
+                              "the engine's size limit (512 MB unless the engine was started with --lora-max-mb); "
+                              "pick a smaller LoRA.") from None
 
     def prior(self, prior_id: str) -> dict:
         return self._json("GET", f"/v1/priors/{_segment(prior_id)}")

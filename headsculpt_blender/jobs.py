@@ -138,13 +138,29 @@ def work_generate(settings: EngineSettings, name: str, vertices, faces, landmark
     refusal = "" if no_control else landmark_refusal(info, name)
     if refusal:
         return {"prior": info, "jobs": [], "refusal": refusal}
-    fields = with_image(client, {"prior_id": info["prior_id"]}, image)
-    return {"prior": info, "jobs": [client.submit(dict(job, **fields)) for job in job_list], "refusal": ""}
+    uploaded: dict[str, str] = {}
+    submitted = [client.submit(with_uploads(client, dict(job, prior_id=info["prior_id"]), image, uploaded))
+                 for job in job_list]
+    return {"prior": info, "jobs": submitted, "refusal": ""}
 
 
-def with_image(client, job: dict, image: bytes | None) -> dict:
-    """The job with its image prompt uploaded first and named by the engine's image_id."""
-    return job if image is None else dict(job, image_id=client.upload_image(image)["image_id"])
+def with_uploads(client, job: dict, image: bytes | None, uploaded: dict[str, str]) -> dict:
+    """The job with its image prompt and LoRA files uploaded first and named by the engine's ids
+    (image_id, upload:<sha256>). `uploaded` holds the ids this submission got so far: the variations of
+    one Generate share each upload."""
+    def once(key: str, upload) -> str:
+        if key not in uploaded:
+            uploaded[key] = upload()
+        return uploaded[key]
+
+    named = dict(job)
+    if image is not None:
+        named["image_id"] = once("image", lambda: client.upload_image(image)["image_id"])
+    if job.get("loras"):
+        named["loras"] = [
+            {"id": once(lora["file"], lambda: client.upload_lora(Path(lora["file"]))["lora_id"]),
+             "scale": lora["scale"]} if "file" in lora else lora for lora in job["loras"]]
+    return named
 
 
 def work_landmarks(settings: EngineSettings, name: str, vertices, faces, landmarks: dict | None) -> dict:
@@ -154,7 +170,7 @@ def work_landmarks(settings: EngineSettings, name: str, vertices, faces, landmar
 
 def work_submit(settings: EngineSettings, job: dict, image: bytes | None = None) -> dict:
     client = connect(settings)
-    return {"job": client.submit(with_image(client, job, image))}
+    return {"job": client.submit(with_uploads(client, job, image, {}))}
 
 
 def work_cancel(settings: EngineSettings, job_id: str, *queued_ids: str) -> dict:

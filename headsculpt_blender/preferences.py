@@ -105,8 +105,10 @@ class HeadSculptPreferences(bpy.types.AddonPreferences):
                     "FLAME priors instead of letting the engine find the landmarks")
     extra_args: StringProperty(name="Extra options",
                                description="More `headsculpt serve` options, as on a command line")
-    lora: StringProperty(name="Style LoRA", description="Hugging Face id (owner/name) of a style LoRA every job "
-                                                       "uses unless the panel names one; empty: none")
+    lora: StringProperty(name="Style LoRA", subtype="FILE_PATH",
+                         description="A style LoRA every job uses unless the panel names one: a .safetensors file "
+                                     "(uploaded to the engine) or a Hugging Face id (owner/name) in the engine's "
+                                     "model cache; empty: none")
     lora_scale: FloatProperty(name="LoRA scale", min=-2.0, max=2.0, soft_min=0.0, soft_max=1.5, default=1.0)
     poll_interval: FloatProperty(name="Refresh every", default=1.0, min=0.2, max=30.0, unit="TIME_ABSOLUTE",
                                  subtype="TIME_ABSOLUTE")

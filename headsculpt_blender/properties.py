@@ -65,9 +65,12 @@ class HeadSculptSceneState(bpy.types.PropertyGroup):
                             description="How many avatars to make on the prior, side by side: write the "
                                         "alternatives to vary in the prompt as {young|old}, or leave them out "
                                         "to vary the seed")
-    # Styles and an image as prompt (StyleAvatar3D): a LoRA by Hugging Face id, an image uploaded to the engine
-    lora: StringProperty(name="Style LoRA", description="Hugging Face id (owner/name) of a style LoRA in the "
-                                                       "engine's model cache; empty: the preferences' LoRA")
+    # Styles and an image as prompt (StyleAvatar3D): a LoRA by Hugging Face id or a file uploaded to the engine,
+    # an image uploaded to the engine
+    lora: StringProperty(name="Style LoRA", subtype="FILE_PATH",
+                         description="A style LoRA: a .safetensors file (uploaded to the engine) or the Hugging "
+                                     "Face id (owner/name) of one in the engine's model cache; empty: the "
+                                     "preferences' LoRA")
     lora_scale: FloatProperty(name="LoRA scale", min=-2.0, max=2.0, soft_min=0.0, soft_max=1.5, default=1.0,
                               description="How strongly the LoRA styles the avatar (0: not at all)")
     image_path: StringProperty(name="Image", subtype="FILE_PATH",

@@ -1,7 +1,8 @@
 """The panel's style LoRA and image prompt as fields of a job request (StyleAvatar3D, issue 18).
 
-The engine takes a LoRA by Hugging Face id (owner/name) from its own model cache, never by a path
-on this computer (it may run elsewhere); the image prompt is uploaded to it, as the prior is.
+The engine never reads a path on this computer (it may run elsewhere): a LoRA is a Hugging Face id
+(owner/name) it reads from its own model cache, or a .safetensors file here that the job's work function
+uploads (jobs.with_uploads); the image prompt is uploaded to it too, as the prior is.
 """
 from __future__ import annotations
 
@@ -19,15 +20,29 @@ class StyleRefusal(Exception):
 
 
 def lora_fields(st, prefs) -> dict:
-    """{"loras": [...]} for the panel's LoRA (or, when it is empty, the preferences' one); {} for none."""
+    """{"loras": [...]} for the panel's LoRA (or, when it is empty, the preferences' one); {} for none.
+    A file is named {"file": path} until the work function uploads it and names the engine's id."""
     own = st.lora.strip()
     source, scale = (own, st.lora_scale) if own else (prefs.lora.strip(), prefs.lora_scale)
     if not source:
         return {}
-    if not HUB_ID.match(source):
-        raise StyleRefusal(f"The style LoRA \"{source}\" is not a Hugging Face id (owner/name): the engine takes "
-                           "LoRAs from its model cache by id; use a file with the `headsculpt` command line.")
-    return {"loras": [{"id": source, "scale": float(scale)}]}
+    return {"loras": [{**lora_source(source), "scale": float(scale)}]}
+
+
+def lora_source(source: str) -> dict:
+    """{"id": ...} for a Hugging Face id, {"file": ...} for a LoRA file on this computer (checked here,
+    so that nothing is sent for a wrong one)."""
+    path = Path(bpy.path.abspath(source))
+    if HUB_ID.match(source) and not source.lower().endswith(".safetensors") and not path.exists():
+        return {"id": source}
+    if not path.is_file():
+        raise StyleRefusal(f"The style LoRA {source} is neither a .safetensors file on this computer nor a "
+                           "Hugging Face id (owner/name): pick a LoRA file, or type the id of one in the "
+                           "engine's model cache.")
+    if path.suffix.lower() != ".safetensors":
+        raise StyleRefusal(f"The style LoRA {path.name} is not a .safetensors file; the engine takes LoRA files "
+                           "only in that format (never pickled .ckpt, .pt or .bin files).")
+    return {"file": str(path)}
 
 
 def style_fields(st, prefs) -> tuple[dict, bytes | None]:

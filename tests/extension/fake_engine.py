@@ -44,7 +44,7 @@ def glb_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
 class FakeEngine:
     def __init__(self, api_version: int = 1, token: str = "secret", steps: int = 3,
                  landmarks_found: bool = True, edit_scale: float = 1.1, fail_at: int = 0,
-                 result_glb: bytes | None = None) -> None:
+                 result_glb: bytes | None = None, lora_limit: int | None = None) -> None:
         self.api_version, self.token, self.steps, self.fail_at = api_version, token, steps, fail_at
         self.result_glb = result_glb  # served as every generate job's avatar.glb instead of the prior
         self.landmarks_found, self.edit_scale = landmarks_found, edit_scale
@@ -54,6 +54,8 @@ class FakeEngine:
         self.landmark_uploads: list[list[int] | None] = []  # landmark_indices of each prior upload
         self.upload_bodies: list[dict] = []  # each prior upload without its arrays
         self.images: dict[str, bytes] = {}  # image prompts uploaded (POST /v1/images), by image_id
+        self.loras: dict[str, bytes] = {}  # LoRA files uploaded (POST /v1/loras, the raw bytes), by lora_id
+        self.lora_limit = lora_limit  # larger LoRA uploads: 413 before reading them, as the engine's body limit
         self.lock = threading.Lock()
         engine = self
 
@@ -86,7 +88,10 @@ class FakeEngine:
         body = None
         if method == "POST":
             length = int(handler.headers.get("Content-Length", 0))
-            body = json.loads(handler.rfile.read(length) or b"{}")
+            if path == "/v1/loras" and self.lora_limit is not None and length > self.lora_limit:
+                return self.send(handler, 413, {"detail": "The LoRA file is larger than this engine's limit."})
+            raw = handler.rfile.read(length)
+            body = raw if path == "/v1/loras" else json.loads(raw or b"{}")
         if path == "/v1/health":
             return self.send(handler, 200, {"status": "ok", "engine_version": "0.1.0",
                                             "api_version": self.api_version, "device": "cpu", "models": "tiny"})
@@ -102,6 +107,10 @@ class FakeEngine:
                 data = base64.b64decode(body["data_b64"])
                 self.images[hashlib.sha256(data).hexdigest()] = data
                 return self.send(handler, 201, {"image_id": hashlib.sha256(data).hexdigest(), "width": 1, "height": 1})
+            if method == "POST" and parts == ["loras"]:
+                lora_id = f"upload:{hashlib.sha256(body).hexdigest()}"
+                self.loras[lora_id] = body
+                return self.send(handler, 201, {"lora_id": lora_id, "size": len(body)})
             if method == "POST" and parts == ["jobs"]:
                 return self.submit(handler, body)
             if parts[:1] == ["jobs"] and len(parts) >= 2 and parts[1] in self.jobs:

@@ -1,6 +1,6 @@
-"""Issue 18 in Blender: the panel's style LoRA and image prompt reach the job request (the image uploaded
-to the engine as the prior is), the preferences' LoRA stands in for an empty panel field, and bad
-fields are refused with a sentence before anything is sent."""
+"""Issue 18 in Blender: the panel's style LoRA and image prompt reach the job request (the image, and a
+LoRA given as a file, uploaded to the engine as the prior is), the preferences' LoRA stands in for an
+empty panel field, and bad fields are refused with a sentence before anything is sent."""
 from __future__ import annotations
 
 import hashlib
@@ -68,11 +68,65 @@ def test_the_preferences_lora_serves_when_the_panel_names_none(bpy, scene, style
     assert "image_id" not in body and "image_scale" not in body
 
 
+def lora_file(tmp_path, name: str = "my-style.safetensors", data: bytes = b"safetensors bytes") -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_a_lora_file_is_uploaded_once_for_all_variations_and_jobs_name_its_id(bpy, scene, styled, tmp_path):
+    styled.lora, styled.lora_scale = lora_file(tmp_path), 0.6
+    styled.prompt, styled.variations = "a {young|old} cartoon pirate", 2
+    with FakeEngine() as engine:
+        use_engine(engine.url)
+        assert bpy.ops.headsculpt.generate() == {"FINISHED"}
+        poll_until(scene, lambda: len(engine.jobs) == 2)
+        (lora_id,) = engine.loras
+        assert engine.loras[lora_id] == b"safetensors bytes"
+        bodies = [job["body"] for job in engine.jobs.values()]
+        assert [body["loras"] for body in bodies] == [[{"id": lora_id, "scale": pytest.approx(0.6)}]] * 2
+        posts = [path for method, path in engine.requests if method == "POST"]
+        assert posts.count("/v1/loras") == 1 and posts.index("/v1/loras") < posts.index("/v1/jobs")
+
+
+def test_the_preferences_lora_file_is_uploaded_for_an_edit_too(bpy, scene, styled, tmp_path):
+    from headsculpt_blender.preferences import preferences
+
+    preferences().lora, preferences().lora_scale = lora_file(tmp_path, data=b"house style"), 0.3
+    with FakeEngine() as engine:
+        use_engine(engine.url)
+        body = generated_body(bpy, scene, engine)
+        (lora_id,) = engine.loras
+        assert body["loras"] == [{"id": lora_id, "scale": pytest.approx(0.3)}]
+        bpy.context.view_layer.objects.active = avatar = styled.result_object
+        styled.edit_instruction = "make him older"
+        assert bpy.ops.headsculpt.edit() == {"FINISHED"}
+        poll_until(scene, lambda: styled.result_object not in (None, avatar))
+        assert engine.jobs[styled.job_id]["body"]["loras"] == body["loras"]
+        assert [path for _, path in engine.requests].count("/v1/loras") == 2  # once per submission
+
+
+def test_a_lora_over_the_engines_limit_gets_a_sentence_not_a_lost_connection(tmp_path):
+    """The engine answers 413 without reading the body and closes: urllib sees a reset mid-upload."""
+    from headsculpt_blender.client import EngineClient, EngineError
+
+    big = tmp_path / "huge.safetensors"
+    big.write_bytes(bytes(32 * 2**20))
+    with FakeEngine(lora_limit=2**20) as engine:
+        with pytest.raises(EngineError, match=r"huge.safetensors \(32 MB\) while it was being sent: it is likely over"):
+            EngineClient(engine.url, engine.token).upload_lora(big)
+    assert engine.loras == {}
+
+
 @pytest.mark.parametrize("field, value, sentence", [
-    ("lora", "/home/me/loras/cartoon.safetensors", "is not a Hugging Face id (owner/name)"),
+    ("lora", "/home/me/loras/cartoon.safetensors", "is neither a .safetensors file on this computer nor a"),
+    ("lora", "cartoon", "is neither a .safetensors file on this computer nor a Hugging Face id"),
+    ("lora", "{tmp}/cartoon.ckpt", "cartoon.ckpt is not a .safetensors file"),
     ("image_path", "/nowhere/reference.png", "does not exist: pick a PNG or JPEG file"),
 ])
-def test_bad_style_fields_are_refused_before_anything_is_sent(bpy, scene, styled, field, value, sentence):
+def test_bad_style_fields_are_refused_before_anything_is_sent(bpy, scene, styled, tmp_path, field, value, sentence):
+    if "{tmp}" in value:
+        value = lora_file(tmp_path, "cartoon.ckpt")
     setattr(styled, field, value)
     with FakeEngine() as engine:
         use_engine(engine.url)

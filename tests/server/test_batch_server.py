@@ -1,7 +1,7 @@
 """`headsculpt batch --server URL` (issues 18 and 19) against a real engine server with the tiny
-models: the variations run as jobs there, with the batch's style LoRA (by Hub id) and image prompt
-(uploaded once), their results land in the batch folder, and a rerun collects them without submitting
-anything again."""
+models: the variations run as jobs there, with the batch's style LoRAs (one by Hub id, one a file here,
+uploaded once) and image prompt (uploaded once), their results land in the batch folder, and a rerun
+collects them without submitting anything again."""
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +13,9 @@ from PIL import Image
 
 from headsculpt_engine.batch.attributes import draw
 from headsculpt_engine.cli import main
+from headsculpt_engine.models.loading import tiny_models_dir
+from headsculpt_engine.models.lora import LORA_WEIGHTS
+from headsculpt_engine.models.tiny import TINY_LORA_DIR
 
 from .lora_cache import TINY_LORA_ID, tiny_lora_cache
 
@@ -37,16 +40,21 @@ def test_batch_on_a_server_downloads_every_result_and_reruns_nothing(engine_serv
     attributes.write_text(json.dumps(ATTRIBUTES))
     image = tmp_path / "face.jpg"
     Image.new("RGB", (40, 30), (200, 30, 30)).save(image)
+    own_lora = tmp_path / "my-style.safetensors"  # an artist's own file: the tiny LoRA's bytes
+    own_lora.write_bytes((tiny_models_dir() / TINY_LORA_DIR / LORA_WEIGHTS).read_bytes())
     out = tmp_path / "batch"
     command = ["batch", "--prompt", TEMPLATE, "--attributes", str(attributes), "--count", "2", "--seed", "9",
                "--preset", "tiny", "--out", str(out), "--server", engine_server.url,
                "--token-file", engine_server.handshake["token_file"], "--poll", "0.5",
-               "--lora", TINY_LORA_ID, "--lora-scale", "0.8", "--image", str(image), "--image-scale", "0.6"]
+               "--lora", TINY_LORA_ID, "--lora-scale", "0.8", "--lora", str(own_lora), "--lora-scale", "0.5",
+               "--image", str(image), "--image-scale", "0.6"]
     assert main(command) == 0, capsys.readouterr()
     first = capsys.readouterr().out
     assert first.count("submitted as job") == 2 and "Done: 2 of 2" in first
-    assert first.count("Uploading the image prompt") == 1
+    assert first.count("Uploading the image prompt") == 1 and first.count(f"Uploading the LoRA {own_lora}") == 1
     (stored_image,) = (engine_server.data_dir / "images").iterdir()
+    own_sha = hashlib.sha256(own_lora.read_bytes()).hexdigest()
+    stored_lora = engine_server.data_dir / "loras" / f"{own_sha}.safetensors"
 
     manifest = json.loads((out / "batch.json").read_text())
     runs = manifest["runs"]
@@ -63,10 +71,13 @@ def test_batch_on_a_server_downloads_every_result_and_reruns_nothing(engine_serv
         assert (result / "avatar.glb").stat().st_size > 1000
         avatar = json.loads((result / "avatar.json").read_text())
         assert avatar["prompt"] == run["prompt"]
-        # Every job ran with the LoRA from the server's cache and the one uploaded image, at their scales.
-        (lora,) = avatar["loras"]
-        assert (lora["file"], lora["scale"]) == (str(server_lora), 0.8)
-        assert lora["sha256"] == hashlib.sha256(server_lora.read_bytes()).hexdigest()
+        # Every job ran with the LoRA from the server's cache, the uploaded LoRA file and the one uploaded
+        # image, at their scales.
+        hub, uploaded = avatar["loras"]
+        assert (hub["file"], hub["scale"]) == (str(server_lora), 0.8)
+        assert hub["sha256"] == hashlib.sha256(server_lora.read_bytes()).hexdigest()
+        assert (uploaded["source"], uploaded["file"], uploaded["scale"]) == (str(stored_lora), str(stored_lora), 0.5)
+        assert uploaded["sha256"] == own_sha
         assert avatar["image_prompt"]["sha256"] == stored_image.stem == hashlib.sha256(
             stored_image.read_bytes()).hexdigest()
         assert avatar["config"]["guidance"]["image_scale"] == 0.6
@@ -88,10 +99,12 @@ def test_batch_server_refusals_are_sentences(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HEADSCULPT_TOKEN", "x")
     assert main(base + ["--models", "tiny"]) == 2
     assert "--models apply to generations on this machine" in capsys.readouterr().err
-    lora_file = tmp_path / "style.safetensors"
-    lora_file.write_bytes(b"")
-    assert main(base + ["--lora", str(lora_file)]) == 2
-    assert "names a file or folder on this machine; an engine server takes LoRAs only by" in capsys.readouterr().err
+    assert main(base + ["--lora", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors does not exist: pass a .safetensors file" in capsys.readouterr().err
+    pickled = tmp_path / "style.ckpt"
+    pickled.write_bytes(b"")
+    assert main(base + ["--lora", str(pickled)]) == 2
+    assert "is not a .safetensors file" in capsys.readouterr().err
     assert main(base + ["--image", str(tmp_path / "missing.png")]) == 2
     assert "The image prompt" in capsys.readouterr().err
     assert main(base) == 2

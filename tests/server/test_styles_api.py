@@ -1,30 +1,54 @@
 """Issue 18 on the server: image prompts uploaded (never a client path), LoRAs by Hub id from the model
-cache only, both reaching the job's run configuration; bad input refused with a sentence."""
+cache only or uploaded as files, all reaching the job's run configuration (an edit's inherited from its
+parent); bad input refused with a sentence."""
 from __future__ import annotations
 
 import base64
 import hashlib
 import io
+import time
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from safetensors.numpy import save as save_safetensors
 
+from headsculpt_engine.models.loading import tiny_models_dir
+from headsculpt_engine.models.lora import LORA_WEIGHTS
+from headsculpt_engine.models.tiny import TINY_LORA_DIR
 from headsculpt_engine.server.app import create_app
-from headsculpt_engine.server.runner import ServerOptions, job_config
-from headsculpt_engine.server.schemas import GenerateRequest
+from headsculpt_engine.server.runner import ServerOptions, edit_request, job_config
+from headsculpt_engine.server.schemas import EditRequest, GenerateRequest
+from headsculpt_engine.server.store import JobStore
 
 from .lora_cache import tiny_lora_cache
 
 TOKEN = "styles-test-token"
 
 
+def engine_client(options: ServerOptions):
+    app = create_app(options, TOKEN, run_job=lambda *args: None)
+    return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
 @pytest.fixture()
 def client(tmp_path):
-    app = create_app(ServerOptions(data_dir=tmp_path / "data"), TOKEN, run_job=lambda *args: None)
-    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as test_client:
-        yield test_client
+    with engine_client(ServerOptions(data_dir=tmp_path / "data")) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def tiny_lora() -> bytes:
+    """The tiny LoRA's file, as an artist's own .safetensors would be uploaded."""
+    return (tiny_models_dir() / TINY_LORA_DIR / LORA_WEIGHTS).read_bytes()
+
+
+def upload_lora(client, data) -> dict:
+    answer = client.post("/v1/loras", content=data, headers={"Content-Type": "application/octet-stream"})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
 
 
 @pytest.fixture()
@@ -83,3 +107,79 @@ def test_jobs_name_images_by_upload_and_loras_by_cached_hub_id_only(client, tmp_
     cfg = job_config(stored_request(loras=[{"id": "styles/tiny-cartoon", "scale": 0.8}]),
                      ServerOptions(data_dir=tmp_path / "data"))
     assert cfg.models.loras == (str(hub_cache),) and cfg.models.lora_scales == (0.8,)
+
+
+def test_an_uploaded_lora_is_stored_once_by_sha256_and_jobs_name_it(client, tmp_path, tiny_lora):
+    sha = hashlib.sha256(tiny_lora).hexdigest()
+    first = upload_lora(client, tiny_lora)
+    assert first == {"lora_id": f"upload:{sha}", "size": len(tiny_lora)}
+    assert upload_lora(client, tiny_lora) == first  # the same bytes again: the same file
+    stored = tmp_path / "data" / "loras" / f"{sha}.safetensors"
+    assert [path.name for path in (tmp_path / "data" / "loras").iterdir()] == [stored.name]
+    assert stored.read_bytes() == tiny_lora
+
+    unknown = client.post("/v1/jobs", json=generate_request(loras=[{"id": "upload:" + "0" * 64}]))
+    assert unknown.status_code == 422 and "upload the file first (POST /v1/loras)" in unknown.json()["detail"]
+    cfg = job_config(stored_request(loras=[{"id": first["lora_id"], "scale": 0.5}]),
+                     ServerOptions(data_dir=tmp_path / "data"))
+    assert cfg.models.loras == (str(stored),) and cfg.models.lora_scales == (0.5,)
+
+
+@pytest.mark.parametrize("body, sentence", [
+    (b"\x80\x04 a pickled state dict", "is not a safetensors file"),
+    (b"", "is not a safetensors file"),
+    (save_safetensors({"conv_in.weight": np.zeros((4, 4), np.float32)}), "holds no LoRA matrices"),
+])
+def test_a_lora_upload_that_is_no_lora_safetensors_file_gets_a_sentence_and_nothing_is_stored(
+        client, tmp_path, body, sentence):
+    answer = client.post("/v1/loras", content=body, headers={"Content-Type": "application/octet-stream"})
+    assert answer.status_code == 422 and sentence in answer.json()["detail"]
+    assert not any((tmp_path / "data" / "loras").iterdir())
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_lora_over_the_engines_limit_is_refused_declared_or_streamed(tmp_path, tiny_lora, streamed):
+    options = ServerOptions(data_dir=tmp_path / "data", lora_max_bytes=len(tiny_lora) - 1)
+    body = (tiny_lora[i:i + 4096] for i in range(0, len(tiny_lora), 4096)) if streamed else tiny_lora
+    with engine_client(options) as client:
+        answer = client.post("/v1/loras", content=body, headers={"Content-Type": "application/octet-stream"})
+        assert answer.status_code == 413 and "(--lora-max-mb)" in answer.json()["detail"]
+        assert client.post("/v1/images", json={"data_b64": png_b64()}).status_code == 201  # others keep 64 MiB
+    assert not any((tmp_path / "data" / "loras").glob("*"))
+
+
+def done_parent(data_dir, **styles) -> str:
+    """A finished generate job in the server's store (no pipeline runs), with those styles."""
+    store = JobStore(data_dir)
+    job_id = store.submit("generate", stored_request(**styles)).job_id
+    if store.claim(job_id):  # else the server's worker took it: its run_job finishes it at once
+        store.finish(job_id, "done")
+    deadline = time.monotonic() + 10
+    while store.get(job_id).state != "done" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job_id
+
+
+def test_an_edit_job_inherits_its_parents_uploaded_lora_and_image_unless_it_names_its_own(
+        client, tmp_path, tiny_lora, hub_cache):
+    data_dir = tmp_path / "data"
+    lora_id = upload_lora(client, tiny_lora)["lora_id"]
+    image_id = client.post("/v1/images", json={"data_b64": png_b64()}).json()["image_id"]
+    parent = done_parent(data_dir, loras=[{"id": lora_id, "scale": 0.7}], image_id=image_id, image_scale=0.4)
+    edit = {"kind": "edit", "parent_job_id": parent, "instruction": "make him older", "preset": "tiny"}
+
+    answer = client.post("/v1/jobs", json=edit)
+    assert answer.status_code == 202, answer.text
+    inherited = JobStore(data_dir).get(answer.json()["job_id"]).request
+    assert inherited["loras"] == [{"id": lora_id, "scale": 0.7}]
+    cfg = job_config(inherited, ServerOptions(data_dir=data_dir))
+    assert cfg.models.loras == (str(data_dir / "loras" / f"{lora_id[len('upload:'):]}.safetensors"),)
+    assert (cfg.guidance.image, cfg.guidance.image_scale) == (str(data_dir / "images" / f"{image_id}.png"), 0.4)
+    assert cfg.prompt == "a clown"
+
+    # Its own LoRA wins, the image is still the parent's; the runner's function says the same without a server.
+    own = dict(edit, loras=[{"id": "styles/tiny-cartoon", "scale": 0.2}])
+    request = edit_request(EditRequest.model_validate(own).model_dump(), JobStore(data_dir).get(parent).request)
+    cfg = job_config(request, ServerOptions(data_dir=data_dir))
+    assert cfg.models.loras == (str(hub_cache),) and cfg.models.lora_scales == (0.2,)
+    assert request["image_id"] == image_id

@@ -10,7 +10,7 @@ import base64
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -102,12 +102,26 @@ class EngineApi:
             raise InputError(f"The image prompt {path} cannot be read ({error.strerror or error}).") from None
         return self.call("POST", "/v1/images", json={"data_b64": base64.b64encode(data).decode("ascii")})["image_id"]
 
+    def upload_lora(self, path: Path) -> str:
+        """A LoRA file's id on the server (upload:<sha256>); the file is streamed as the request body."""
+        try:
+            with path.open("rb") as handle:
+                answer = self.call("POST", "/v1/loras", content=handle,
+                                   headers={"Content-Type": "application/octet-stream"})
+        except OSError as error:
+            raise InputError(f"The LoRA {path} cannot be read ({error.strerror or error}).") from None
+        return answer["lora_id"]
+
+
+# A batch's style LoRA: a Hub id (str, read from the server's cache) or a file here (Path, uploaded), and its scale.
+LoraOption = tuple[str | Path, float]
+
 
 def run_remote(manifest: Manifest, api: EngineApi, prior_upload: dict, job_fields: dict,
-               image: Path | None = None, poll_s: float = 1.0) -> list[Entry]:
+               image: Path | None = None, loras: Sequence[LoraOption] = (), poll_s: float = 1.0) -> list[Entry]:
     """Submit the variations not done yet (re-attaching to jobs the manifest names), wait for all of
-    them, download each result; returns the entries that did not finish. The prior and the image
-    prompt (`image`) are uploaded once, when the first job is submitted."""
+    them, download each result; returns the entries that did not finish. The prior, the image prompt
+    (`image`) and the LoRA files among `loras` are uploaded once, when the first job is submitted."""
     api.check()
     manifest.save()
     todo = [entry for entry in manifest.entries if not _collected(manifest, entry)]
@@ -119,7 +133,7 @@ def run_remote(manifest: Manifest, api: EngineApi, prior_upload: dict, job_field
         job = _existing_job(api, entry)
         if job is None:
             if not uploaded:
-                uploaded = _upload(api, prior_upload, image)
+                uploaded = _upload(api, prior_upload, image, loras)
             job = api.call("POST", "/v1/jobs", json=dict(job_fields, **uploaded, kind="generate",
                                                          prompt=entry.prompt, seed=entry.seed))
             entry.job_id = job["job_id"]
@@ -131,13 +145,20 @@ def run_remote(manifest: Manifest, api: EngineApi, prior_upload: dict, job_field
     return [entry for entry in manifest.entries if entry.state != "done"]
 
 
-def _upload(api: EngineApi, prior_upload: dict, image: Path | None) -> dict[str, str]:
-    """The uploads every job of the batch names: the prior, and the image prompt when there is one."""
+def _upload(api: EngineApi, prior_upload: dict, image: Path | None, loras: Sequence[LoraOption]) -> dict[str, Any]:
+    """The uploads every job of the batch names: the prior, the image prompt when there is one, and
+    the LoRA files (Hub ids go as they are)."""
     print(f"Uploading the prior to {api.url}...", flush=True)
-    uploaded = {"prior_id": api.upload_prior(**prior_upload)["prior_id"]}
+    uploaded: dict[str, Any] = {"prior_id": api.upload_prior(**prior_upload)["prior_id"]}
     if image is not None:
         print(f"Uploading the image prompt {image}...", flush=True)
         uploaded["image_id"] = api.upload_image(image)
+    uploaded["loras"] = []
+    for source, scale in loras:
+        if isinstance(source, Path):
+            print(f"Uploading the LoRA {source}...", flush=True)
+            source = api.upload_lora(source)
+        uploaded["loras"].append({"id": source, "scale": float(scale)})
     return uploaded
 
 

@@ -88,26 +88,23 @@ def _run_remote(args: argparse.Namespace, manifest) -> list:
         raise InputError(f"{', '.join(given)} apply to generations on this machine; jobs on a server run with the "
                          "models and settings the server was started with. Drop them, or leave out --server.")
     fields = {"preset": args.preset, "negative_prompt": args.negative_prompt, "guidance": args.guidance,
-              "landmarks": "none" if args.landmarks == "none" else "prior", **_style_fields(args)}
-    image = _image_option(args)
-    api = EngineApi(manifest.server, _token(args))
-    return run_remote(manifest, api, _prior_upload(args), fields, image=image, poll_s=args.poll)
-
-
-def _style_fields(args: argparse.Namespace) -> dict:
-    """The LoRAs and image scale as a job names them. The server reads LoRAs from its own model cache by
-    Hub id only (never a client's path), so a LoRA file is refused here, before anything is submitted."""
-    from ..models.download import is_hub_id
-
-    files = [source for source, _ in args.loras if not is_hub_id(source)]
-    if files:
-        raise InputError(f"The LoRA {files[0]} names a file or folder on this machine; an engine server takes "
-                         "LoRAs only by Hugging Face id, from its own model cache. Pass the LoRA's Hub id (put it "
-                         "in the server's cache first), or leave out --server.")
-    fields: dict = {"loras": [{"id": source, "scale": float(scale)} for source, scale in args.loras]}
+              "landmarks": "none" if args.landmarks == "none" else "prior"}
     if args.image:
         fields["image_scale"] = args.image_scale
-    return fields
+    image, loras = _image_option(args), _lora_options(args)
+    api = EngineApi(manifest.server, _token(args))
+    return run_remote(manifest, api, _prior_upload(args), fields, image=image, loras=loras, poll_s=args.poll)
+
+
+def _lora_options(args: argparse.Namespace) -> list[tuple[str | Path, float]]:
+    """The --lora values as the server takes them: a Hub id as it is (the server reads it from its own
+    model cache), a file or folder here as the checked .safetensors file to upload, before anything is
+    submitted."""
+    from ..models.download import is_hub_id
+    from ..models.lora import lora_file
+
+    return [(source if is_hub_id(source) else lora_file(source, allow_download=False), float(scale))
+            for source, scale in args.loras]
 
 
 def _image_option(args: argparse.Namespace) -> Path | None:

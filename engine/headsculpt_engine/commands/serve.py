@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "go first beyond it (default 2048)")
     parser.add_argument("--upload-timeout", type=float, default=600.0, metavar="S",
                         help="seconds a prior upload may take to be checked and prepared (default 600)")
+    parser.add_argument("--lora-max-mb", type=int, default=512,
+                        help="the largest style LoRA file a client may upload (default 512; SD 1.5 LoRAs are "
+                             "usually 10-150 MB)")
     parser.add_argument("--ray", default="", metavar="ADDRESS",
                         help="run jobs on the Ray cluster at ADDRESS (HOST:PORT of its head node, or 'auto'), "
                              "one job per GPU; --data must be a folder every node sees at the same path "
@@ -116,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
                          "there anyway (keep the token secret), or use 127.0.0.1.")
     if args.back_view_token and not Path(args.back_view_token).is_file():
         raise InputError(f"--back-view-token {args.back_view_token}: no such file.")
-    if args.prior_cache_mb < 1 or args.upload_timeout <= 0:
-        raise InputError("--prior-cache-mb and --upload-timeout must be positive.")
+    if args.prior_cache_mb < 1 or args.upload_timeout <= 0 or args.lora_max_mb < 1:
+        raise InputError("--prior-cache-mb, --upload-timeout and --lora-max-mb must be positive.")
     # Everything the server writes (jobs, priors, results, token, handshake) is its owner's alone.
     os.umask(0o077)
     data_dir = (args.data or cache_dir() / "server").resolve()
@@ -130,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
                             back_view_token_file=args.back_view_token, cpu_offload=args.cpu_offload,
                             allowed_hosts=(*LOOPBACK_NAMES, args.host) if loopback else (),
                             prior_cache_bytes=args.prior_cache_mb * 1024 * 1024,
-                            upload_timeout_s=args.upload_timeout, ray_address=args.ray)
+                            upload_timeout_s=args.upload_timeout, lora_max_bytes=args.lora_max_mb * 1024 * 1024,
+                            ray_address=args.ray)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(options, read_token(token_file))
 

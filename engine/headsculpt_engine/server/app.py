@@ -21,10 +21,11 @@ from .auth import BearerAuth
 from .files import regular_file
 from .hosts import HostCheck
 from .images import BadImage, ImageStore
+from .loras import BadLora, LoraStore, lora_path
 from .priors import BadPrior, BuildPrior, PriorStore, PriorTooLarge, build_engine_prior, write_landmark_preview
-from .runner import PipelineJobs, ServerOptions
-from .schemas import (ErrorBody, Health, ImageInfo, ImageUpload, JobEvent, JobInfo, JobList, JobRequest, PriorInfo,
-                      PriorUpload, RayCluster, validation_sentence)
+from .runner import PipelineJobs, ServerOptions, edit_request
+from .schemas import (ErrorBody, Health, ImageInfo, ImageUpload, JobEvent, JobInfo, JobList, JobRequest, LoraInfo,
+                      PriorInfo, PriorUpload, RayCluster, validation_sentence)
 from .store import JobRecord, JobStore
 from .uploads import UploadRunner
 from .worker import RunJob, Worker
@@ -43,28 +44,29 @@ IMAGE_UPLOAD = TypeAdapter(ImageUpload)
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 for a request body over `limit` bytes, whether declared up front
-    (Content-Length) or found while streaming (chunked)."""
+    """ASGI middleware: 413 for a request body over its route's limit (`routes`: path -> (bytes, the
+    sentence), else `limit`), whether declared up front (Content-Length) or found while streaming (chunked)."""
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
-        self.app, self.limit = app, limit
-        self.detail = f"The request is larger than {limit // (1024 * 1024)} MiB; send a smaller mesh."
+    def __init__(self, app, limit: int = MAX_BODY_BYTES, routes: dict[str, tuple[int, str]] | None = None):
+        self.app, self.routes = app, routes or {}
+        self.default = (limit, f"The request is larger than {limit // (1024 * 1024)} MiB; send a smaller mesh.")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit, detail = self.routes.get(scope["path"], self.default)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
         seen = 0
 
         async def limited_receive():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 # An HTTPException passes through FastAPI's body parsing untouched and becomes the answer.
-                raise HTTPException(413, self.detail)
+                raise HTTPException(413, detail)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -102,7 +104,9 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         worker: Worker | RayWorkers = RayWorkers.connect(store, priors.root, options)
     else:
         worker = Worker(store, run_job or PipelineJobs(store.jobs_dir, priors.root, options))
-    images = ImageStore(options.data_dir)
+    images, loras = ImageStore(options.data_dir), LoraStore(options.data_dir)
+    for blobs in (images.blobs, loras.blobs):  # no upload runs before the app starts
+        blobs.remove_leftovers()
     # One upload at a time (each in its own process); the next one's body is not read meanwhile,
     # so waiting uploads cost no memory.
     upload_lock = asyncio.Lock()
@@ -127,7 +131,9 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
     app = FastAPI(title="HeadSculpt engine", version=__version__, lifespan=lifespan,
                   description=f"API v{API_VERSION}. Every endpoint except /v1/health needs "
                               "'Authorization: Bearer <token>'.")
-    app.add_middleware(BodySizeLimit)
+    lora_limit = (options.lora_max_bytes, f"The LoRA file is larger than {options.lora_max_bytes / 2**20:g} MiB, "
+                                          "this engine's limit (--lora-max-mb); send a smaller LoRA.")
+    app.add_middleware(BodySizeLimit, routes={"/v1/loras": lora_limit})
     app.add_middleware(BearerAuth, token=token)  # runs before any body is read
     if options.allowed_hosts:
         app.add_middleware(HostCheck, names=options.allowed_hosts)  # added last: runs first
@@ -222,6 +228,17 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         except BadImage as error:
             raise HTTPException(422, str(error)) from None
 
+    @app.post("/v1/loras", responses=_ERRORS, response_model=LoraInfo, status_code=201,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+                  "schema": {"type": "string", "format": "binary"}}}}})
+    async def upload_lora(request: Request) -> LoraInfo:
+        """A style LoRA: the .safetensors file's bytes as the body, checked and stored (loras.py); jobs
+        name it by lora_id. The body limit is --lora-max-mb."""
+        try:
+            return LoraInfo(**await loras.add(request.stream()))
+        except BadLora as error:
+            raise HTTPException(422, str(error)) from None
+
     @app.post("/v1/jobs", responses=_ERRORS, response_model=JobInfo, status_code=202,
               openapi_extra=_json_body("JobRequest"))
     async def submit_job(http_request: Request) -> JobInfo:
@@ -238,8 +255,8 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
             raise HTTPException(422, f"This engine accepts the presets {', '.join(options.allowed_presets())} "
                                      f"only (started with --preset-limit {options.preset_limit}).")
         data = request.model_dump()
-        check_styles(request)
         if request.kind == "generate":
+            check_styles(data)
             prior_info = priors.info(request.prior_id)
             if prior_info is None:
                 raise HTTPException(422, f"Unknown prior_id {request.prior_id!r}: upload the prior first.")
@@ -253,23 +270,23 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
                 raise HTTPException(422, f"Unknown parent_job_id {request.parent_job_id!r}.")
             if parent.state != "done":
                 raise HTTPException(409, f"The parent job is {parent.state}; an edit starts from a done job.")
-            # An edit keeps the parent's prompt, prior and guidance; the instruction changes it.
-            for key in ("prompt", "negative_prompt", "prior_id", "guidance"):
-                data[key] = parent.request.get(key, "")
+            data = edit_request(data, parent.request)
+            check_styles(data)  # the inherited styles too
         job = store.submit(request.kind, data)
         worker.wake()
         return job_info(job)
 
-    def check_styles(request: JobRequest) -> None:
-        """A job's image must be uploaded and its LoRAs in the engine's model cache (never downloaded)."""
+    def check_styles(data: dict[str, Any]) -> None:
+        """A job's image must be uploaded, and each LoRA uploaded or in the engine's model cache (never
+        downloaded); an edit's inherited ones too."""
         from ..errors import HeadSculptError
-        from ..models.lora import lora_file
 
-        if request.image_id is not None and images.path(request.image_id) is None:
-            raise HTTPException(422, f"Unknown image_id {request.image_id!r}: upload the image first (POST /v1/images).")
-        for lora in request.loras:
+        image_id = data.get("image_id")
+        if image_id is not None and images.path(image_id) is None:
+            raise HTTPException(422, f"Unknown image_id {image_id!r}: upload the image first (POST /v1/images).")
+        for lora in data.get("loras") or []:
             try:
-                lora_file(lora.id, allow_download=False, hub_only=True)
+                lora_path(options.data_dir, lora["id"])
             except HeadSculptError as error:
                 raise HTTPException(422, str(error)) from None
 

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import io
-import os
-import re
-import tempfile
 from pathlib import Path
 
-from .files import regular_file
+from .blobs import BlobFolder
 
 MAX_SIDE = 4096
-_IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 class BadImage(Exception):
@@ -27,7 +22,7 @@ class BadImage(Exception):
 
 class ImageStore:
     def __init__(self, data_dir: Path):
-        self.root = Path(data_dir) / "images"
+        self.blobs = BlobFolder(Path(data_dir) / "images", ".png")
 
     def add(self, data_b64: str) -> dict[str, int | str]:
         """Decode, check and store one image; its id, width and height."""
@@ -49,18 +44,8 @@ class ImageStore:
             raise BadImage("The upload could not be read as an image; send a PNG or JPEG file.") from None
         buffer = io.BytesIO()
         rgb.save(buffer, format="PNG")
-        png = buffer.getvalue()
-        image_id = hashlib.sha256(png).hexdigest()
-        self.root.mkdir(parents=True, exist_ok=True)
-        if self.path(image_id) is None:
-            handle, staging = tempfile.mkstemp(dir=self.root, suffix=".part")
-            with os.fdopen(handle, "wb") as out:
-                out.write(png)
-            os.replace(staging, self.root / f"{image_id}.png")
-        return {"image_id": image_id, "width": rgb.width, "height": rgb.height}
+        return {"image_id": self.blobs.put(buffer.getvalue()), "width": rgb.width, "height": rgb.height}
 
     def path(self, image_id: str) -> Path | None:
         """The stored image of that id (a regular file inside the store), or None."""
-        if not _IMAGE_ID.match(image_id or ""):
-            return None
-        return regular_file(self.root, f"{image_id}.png")
+        return self.blobs.path(image_id)

@@ -9,6 +9,7 @@ from typing import Any
 from ..config import DEFAULT_BASE_MODEL, PRESETS, RunConfig, preset_config
 from ..errors import InputError
 from ..stages.loop import RunCallbacks
+from .loras import DEFAULT_MAX_BYTES as DEFAULT_LORA_MAX_BYTES
 from .store import JobRecord
 from .uploads import DEFAULT_MEMORY_BYTES
 
@@ -28,6 +29,7 @@ class ServerOptions:
     prior_cache_bytes: int = 2048 * 1024 * 1024  # uploaded priors beyond this: least recently used go
     upload_timeout_s: float = 600.0  # checking and preparing one uploaded prior
     upload_memory_bytes: int = DEFAULT_MEMORY_BYTES  # its memory cap
+    lora_max_bytes: int = DEFAULT_LORA_MAX_BYTES  # the largest LoRA file POST /v1/loras takes
     # `serve --ray ADDRESS`: jobs run on that Ray cluster (ray_workers.py); empty: the local worker.
     ray_address: str = ""
 
@@ -39,6 +41,22 @@ class ServerOptions:
         if self.models is None:
             return f"{DEFAULT_BASE_MODEL} (tiny models for tiny-preset jobs)"
         return DEFAULT_BASE_MODEL if self.models == "default" else self.models
+
+
+# What an edit job keeps of its parent's request, whatever it says: the instruction changes that avatar.
+EDIT_KEEPS = ("prompt", "negative_prompt", "prior_id", "guidance")
+
+
+def edit_request(request: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
+    """An edit's request as the job store keeps it: the parent's prompt, prior and guidance, and the
+    parent's LoRAs and image prompt where the edit names none of its own, each on its own (as
+    `headsculpt edit` does): an edit keeps the style of the avatar it changes."""
+    edit = dict(request, **{key: parent.get(key, "") for key in EDIT_KEEPS})
+    if not edit.get("loras"):
+        edit["loras"] = parent.get("loras") or []
+    if not edit.get("image_id") and parent.get("image_id"):
+        edit["image_id"], edit["image_scale"] = parent["image_id"], parent.get("image_scale", 1.0)
+    return edit
 
 
 def job_config(request: dict[str, Any], options: ServerOptions) -> RunConfig:
@@ -62,12 +80,13 @@ def job_config(request: dict[str, Any], options: ServerOptions) -> RunConfig:
 
 
 def _apply_styles(cfg: RunConfig, request: dict[str, Any], options: ServerOptions) -> None:
-    """LoRAs by Hub id from the model cache and the uploaded image, as files the engine chose itself."""
-    from ..models.lora import lora_file
+    """LoRAs (uploaded, or by Hub id from the model cache) and the uploaded image, as files the engine
+    chose itself."""
     from .images import ImageStore
+    from .loras import lora_path
 
     loras = request.get("loras") or []
-    cfg.models.loras = tuple(str(lora_file(lora["id"], allow_download=False, hub_only=True)) for lora in loras)
+    cfg.models.loras = tuple(str(lora_path(options.data_dir, lora["id"])) for lora in loras)
     cfg.models.lora_scales = tuple(float(lora["scale"]) for lora in loras)
     if request.get("image_id"):
         image = ImageStore(options.data_dir).path(request["image_id"])

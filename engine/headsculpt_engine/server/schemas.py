@@ -72,16 +72,17 @@ class PriorInfo(BaseModel):
     landmarks_requested: bool = True
 
 
-# A Hugging Face id (owner/name), the only way a job names a LoRA: the engine reads it from its model cache.
-HubId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$",
-                                         max_length=96)]
+# How a job names a LoRA: a Hugging Face id (owner/name), read from the engine's model cache, or the id of
+# a file uploaded with POST /v1/loras (upload:<sha256>), read from the data folder; never a path.
+LoraId = Annotated[str, StringConstraints(
+    pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*|upload:[0-9a-f]{64})$", max_length=96)]
 # An uploaded image (POST /v1/images): the sha256 of the PNG the engine stored.
 ImageId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 MAX_LORAS = 4
 
 
 class LoraChoice(_Strict):
-    id: HubId
+    id: LoraId
     scale: Annotated[float, Field(ge=-2.0, le=2.0)] = 1.0
 
 
@@ -93,6 +94,11 @@ class ImageInfo(BaseModel):
     image_id: str
     width: int
     height: int
+
+
+class LoraInfo(BaseModel):
+    lora_id: str  # upload:<sha256>, what a job's loras entry names
+    size: int  # bytes
 
 
 class _Styles(_Strict):
