@@ -181,6 +181,9 @@ def test_an_edit_inherits_the_parents_lora_and_image_unless_given_its_own(styled
     cfg, inherited = edit_config(parser.parse_args([*edit, "--lora", "a/style"]), record)
     assert cfg.models.loras == ("a/style",) and cfg.guidance.image == image
     assert inherited == [f"image prompt {image} at scale 0.6"]
+    # --no-parent-styles leaves both out: the edit runs with no LoRA and no image prompt.
+    cfg, inherited = edit_config(parser.parse_args([*edit, "--no-parent-styles"]), record)
+    assert (cfg.models.loras, cfg.guidance.image, inherited) == ((), "", [])
 
 
 def test_each_lora_takes_the_scale_after_it_on_generate_and_edit():

@@ -36,6 +36,9 @@ def register(subparsers) -> None:
     # The preset defaults to the parent's, so an edit of a draft run is a draft edit.
     add_run_options(parser, default_preset=None)
     add_style_options(parser)
+    parser.add_argument("--no-parent-styles", dest="parent_styles", action="store_false",
+                        help="leave out the parent run's LoRAs and image prompt (by default an edit keeps them "
+                             "unless --lora or --image chooses others)")
     parser.set_defaults(run=run)
 
 
@@ -58,7 +61,9 @@ def inherit_styles(cfg: "RunConfig", args: argparse.Namespace, parent_record: di
     """The parent's LoRAs and image prompt where the user gave none of their own: an edit keeps the style
     of the avatar it changes. They are the files the parent's run.json names (a Hub id's LoRA as the
     cache held it), whatever folder the edit runs from."""
-    lines = []
+    lines: list[str] = []
+    if not args.parent_styles:
+        return lines
     loras = parent_record.get("loras") or []
     if loras and not args.loras:
         cfg.models.loras = tuple(lora["file"] for lora in loras)
@@ -87,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
     bars = ProgressBars()
     print(f"Editing {parent} with \"{instruction}\" ({args.mode}, preset {cfg.preset}) into {run_dir}", flush=True)
     if inherited:
-        print(f"Inherited from the parent run: {'; '.join(inherited)}. Pass --lora or --image to choose others.",
-              flush=True)
+        print(f"Inherited from the parent run: {'; '.join(inherited)}. Pass --lora or --image to choose others, "
+              "or --no-parent-styles to leave them out.", flush=True)
     try:
         with cancel_on_interrupt() as cancel_requested:
             callbacks = RunCallbacks(on_progress=bars, should_cancel=cancel_requested)
