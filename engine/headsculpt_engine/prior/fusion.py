@@ -10,11 +10,14 @@ what MediaPipe meant there:
   contour, or onto the far ear) is dropped;
 - an outlier from the other views' lifts.
 The kept lifts are averaged, weighted by how frontal the landmark's surface is in each view, and the
-mean is projected back onto the surface. This is the project's own method (HeadSculpt uses a fixed
+mean is projected back onto the surface; except where MediaPipe's own 3D face puts the landmark inside
+a fold of the surface, behind the lifted point (the inner lips of a closed mouth lie in the mouth's
+slit, behind the lip surface a ray meets): there it takes the surface point nearest MediaPipe's. This is the project's own method (HeadSculpt uses a fixed
 FLAME -> MediaPipe vertex map, which only exists for FLAME).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +39,11 @@ MIN_DISAGREEMENT = 0.02
 OUTLIER_DISTANCE = 0.05
 # A view's lift counts as agreeing with the fused point (for the confidence) within this distance.
 AGREEMENT_DISTANCE = 0.02
+# A landmark goes into a fold when the surface point nearest MediaPipe's fitted landmark (median of
+# the views) lies this close to it (about 2 mm on FLAME) ...
+FOLD_GAP = 0.008
+# ... and this much behind the fused point as seen from the front (about 1.5 mm on FLAME).
+FOLD_DEPTH = 0.006
 
 
 @dataclass
@@ -62,22 +70,53 @@ def similarity_fit(source: np.ndarray, target: np.ndarray) -> tuple[float, np.nd
     return scale, rotation, mu_t - scale * rotation @ mu_s
 
 
-def depth_consistent(lift: ViewLift) -> np.ndarray:
-    """(478,) bool: the lift lies where MediaPipe's fitted 3D face puts the landmark."""
-    ok = lift.face_index >= 0
-    anchors = ok & (lift.frontality >= FIT_FRONTALITY)
+def fitted_facemesh(lift: ViewLift) -> tuple[np.ndarray, np.ndarray] | None:
+    """MediaPipe's own 3D landmarks of the view (478, 3), mapped onto the view's frontal lifts by a
+    similarity fit, and the (478,) anchors of that fit; None where too few lifts are frontal."""
+    anchors = (lift.face_index >= 0) & (lift.frontality >= FIT_FRONTALITY)
     if anchors.sum() < 10:
-        return ok
-    scale, rotation, shift = similarity_fit(lift.facemesh_3d[anchors], lift.points[anchors])
-    fitted = scale * lift.facemesh_3d @ rotation.T + shift
+        return None
+
+    def fit(on: np.ndarray) -> np.ndarray:
+        scale, rotation, shift = similarity_fit(lift.facemesh_3d[on], lift.points[on])
+        return scale * lift.facemesh_3d @ rotation.T + shift
+
+    fitted = fit(anchors)
     residual = np.linalg.norm(fitted - lift.points, axis=1)
     # Refit on the anchors that agree, so that a few wild lifts do not bend the fit.
-    anchors &= residual <= 3.0 * np.median(residual[anchors])
-    if anchors.sum() >= 10:
-        scale, rotation, shift = similarity_fit(lift.facemesh_3d[anchors], lift.points[anchors])
-        residual = np.linalg.norm(scale * lift.facemesh_3d @ rotation.T + shift - lift.points, axis=1)
+    agreeing = anchors & (residual <= 3.0 * np.median(residual[anchors]))
+    if agreeing.sum() >= 10:
+        return fit(agreeing), agreeing
+    return fitted, anchors
+
+
+def depth_consistent(lift: ViewLift, fitted: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """(478,) bool: the lift lies where MediaPipe's fitted 3D face (`fitted_facemesh`) puts the landmark."""
+    ok = lift.face_index >= 0
+    if fitted is None:
+        return ok
+    points, anchors = fitted
+    residual = np.linalg.norm(points - lift.points, axis=1)
     limit = max(DISAGREEMENT_FACTOR * float(np.median(residual[anchors])), MIN_DISAGREEMENT)
     return ok & (residual <= limit)
+
+
+def into_folds(points: np.ndarray, expected: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """`points` (K, 3), each replaced by the surface point nearest its `expected` point (MediaPipe's
+    fitted landmark; NaN = none) where that surface point lies on `expected` and behind `points` as
+    seen from the front (+Z): a fold of the surface that a ray from the camera cannot reach."""
+    from ..mesh.closest import closest_on_surface
+
+    out = np.array(points, dtype=np.float64)
+    known = np.isfinite(expected).all(axis=1)
+    if not known.any():
+        return out
+    face, bary, gap = closest_on_surface(expected[known], vertices, faces)
+    nearest = np.einsum("kc,kcd->kd", bary, np.asarray(vertices, dtype=np.float64)[np.asarray(faces)[face]])
+    move = (gap <= FOLD_GAP) & (out[known, 2] - nearest[:, 2] > FOLD_DEPTH)
+    rows = np.flatnonzero(known)[move]
+    out[rows] = nearest[move]
+    return out
 
 
 def _weighted_median(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -105,7 +144,8 @@ def fuse_views(lifts: list[ViewLift], vertices: np.ndarray, faces: np.ndarray, n
     points = np.stack([lift.points for lift in lifts])  # (V, L, 3)
     found = np.stack([lift.face_index >= 0 for lift in lifts])  # (V, L)
     frontality = np.stack([lift.frontality for lift in lifts])
-    keep = found & (frontality >= MIN_FRONTALITY) & np.stack([depth_consistent(lift) for lift in lifts])
+    fits = [fitted_facemesh(lift) for lift in lifts]
+    keep = found & (frontality >= MIN_FRONTALITY) & np.stack([depth_consistent(lift, fit) for lift, fit in zip(lifts, fits)])
     weights = np.where(keep, np.clip(frontality, 0.0, 1.0) ** FRONTALITY_POWER, 0.0)
     credible = keep.any(axis=0)
     centre = _weighted_median(np.where(keep[..., None], points, 0.0), np.where(credible, weights, 1.0))
@@ -118,10 +158,16 @@ def fuse_views(lifts: list[ViewLift], vertices: np.ndarray, faces: np.ndarray, n
     if fallback.any():
         masked = np.where(found[..., None], points, np.nan)
         fused[fallback] = np.nanmedian(masked[:, fallback], axis=0)
+    # Confidence: how many views' lifts agree on the landmark where the rays put it.
+    agree = found & (np.linalg.norm(points - fused[None], axis=-1) <= AGREEMENT_DISTANCE)
+    confidence = np.where(credible, agree.sum(axis=0) / num_views, 0.0).astype(np.float32)
+    fitted = np.stack([fit[0] if fit is not None else np.full_like(fused, np.nan) for fit in fits])
+    with warnings.catch_warnings():  # a landmark no view fitted stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(np.where(found[..., None], fitted, np.nan), axis=0)
+    fused = np.where(credible[:, None], into_folds(fused, expected, vertices, faces), fused)
     face_index = np.full(NUM_LANDMARKS, -1, dtype=np.int64)
     barycentric = np.zeros((NUM_LANDMARKS, 3), dtype=np.float32)
     if any_found.any():
         face_index[any_found], barycentric[any_found] = surface_embedding(fused[any_found], vertices, faces)
-    agree = found & (np.linalg.norm(points - fused[None], axis=-1) <= AGREEMENT_DISTANCE)
-    confidence = np.where(credible, agree.sum(axis=0) / num_views, 0.0).astype(np.float32)
     return LandmarkEmbedding(face_index=face_index, barycentric=barycentric, confidence=confidence)

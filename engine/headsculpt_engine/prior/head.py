@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..cameras import Cameras
 
 # Bump when anything cached per prior changes meaning (grid layout, detection method).
-CACHE_VERSION = "3"  # 2: multi-view fusion with rejection, orientation search; 3: skin-toned detection renders
+CACHE_VERSION = "4"  # 2: multi-view fusion with rejection, orientation search; 3: skin-toned detection renders; 4: landmarks into folds
 FLAME_VERTEX_COUNTS = (5023,)
 FLAME_FACE_COUNTS = (9976, 10034)  # open mouth; closed mouth
 
