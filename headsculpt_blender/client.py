@@ -105,9 +105,19 @@ class EngineClient:
         return self._json("POST", "/v1/images", body, timeout=TRANSFER_TIMEOUT_S)
 
     def upload_lora(self, path: Path) -> dict:
-        """A LoRA .safetensors file, streamed; the engine answers its lora_id (upload:<sha256>). An engine
-        refuses a file over its size limit before reading it and closes the connection, which urllib
-        sees as a reset rather than the engine's answer: said as such."""
+        """A LoRA .safetensors file, streamed; the engine answers its lora_id (upload:<sha256>). A file
+        over the size limit the engine states in its health answer is refused here, before sending.
+        An engine refuses such a file before reading it and closes the connection, which urllib sees
+        as a reset rather than the engine's answer: said as such (an engine that states no limit)."""
+        try:
+            size = path.stat().st_size
+        except OSError as error:
+            raise EngineError(f"The style LoRA {path} cannot be read ({error.strerror or error}).") from None
+        limit = self.health().get("lora_max_bytes")
+        if limit and size > limit:
+            raise EngineError(f"The style LoRA {path.name} ({size / 2**20:.0f} MB) is larger than the engine's "
+                              f"size limit ({limit / 2**20:.0f} MB); pick a smaller LoRA, or start the engine "
+                              "with a larger --lora-max-mb.")
         try:
             with path.open("rb") as handle:
                 return self._json("POST", "/v1/loras", handle, timeout=TRANSFER_TIMEOUT_S)
@@ -115,10 +125,9 @@ class EngineClient:
             raise EngineError(f"The style LoRA {path} cannot be read ({error.strerror or error}).") from None
         except EngineUnreachable:
             self.health()  # still there? Then it stopped taking the file.
-            raise EngineError(f"The engine stopped taking the style LoRA {path.name} "
-                              f"({path.stat().st_size / 2**20:.0f} MB) while it was being sent: it is likely over "
-                              "the engine's size limit (512 MB unless the engine was started with --lora-max-mb); "
-                              "pick a smaller LoRA.") from None
+            raise EngineError(f"The engine stopped taking the style LoRA {path.name} ({size / 2**20:.0f} MB) "
+                              "while it was being sent: it is likely over the engine's size limit (512 MB "
+                              "unless the engine was started with --lora-max-mb); pick a smaller LoRA.") from None
 
     def prior(self, prior_id: str) -> dict:
         return self._json("GET", f"/v1/priors/{_segment(prior_id)}")

@@ -44,7 +44,8 @@ def glb_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
 class FakeEngine:
     def __init__(self, api_version: int = 1, token: str = "secret", steps: int = 3,
                  landmarks_found: bool = True, edit_scale: float = 1.1, fail_at: int = 0,
-                 result_glb: bytes | None = None, lora_limit: int | None = None) -> None:
+                 result_glb: bytes | None = None, lora_limit: int | None = None,
+                 states_lora_limit: bool = True) -> None:
         self.api_version, self.token, self.steps, self.fail_at = api_version, token, steps, fail_at
         self.result_glb = result_glb  # served as every generate job's avatar.glb instead of the prior
         self.landmarks_found, self.edit_scale = landmarks_found, edit_scale
@@ -56,6 +57,7 @@ class FakeEngine:
         self.images: dict[str, bytes] = {}  # image prompts uploaded (POST /v1/images), by image_id
         self.loras: dict[str, bytes] = {}  # LoRA files uploaded (POST /v1/loras, the raw bytes), by lora_id
         self.lora_limit = lora_limit  # larger LoRA uploads: 413 before reading them, as the engine's body limit
+        self.states_lora_limit = states_lora_limit  # the health answer names the limit (older engines do not)
         self.lock = threading.Lock()
         engine = self
 
@@ -93,8 +95,11 @@ class FakeEngine:
             raw = handler.rfile.read(length)
             body = raw if path == "/v1/loras" else json.loads(raw or b"{}")
         if path == "/v1/health":
-            return self.send(handler, 200, {"status": "ok", "engine_version": "0.1.0",
-                                            "api_version": self.api_version, "device": "cpu", "models": "tiny"})
+            health = {"status": "ok", "engine_version": "0.1.0", "api_version": self.api_version, "device": "cpu",
+                      "models": "tiny"}
+            if self.states_lora_limit and self.lora_limit is not None:
+                health["lora_max_bytes"] = self.lora_limit
+            return self.send(handler, 200, health)
         if handler.headers.get("Authorization") != f"Bearer {self.token}":
             return self.send(handler, 401, {"detail": "Missing or wrong token."})
         with self.lock:

@@ -106,13 +106,26 @@ def test_the_preferences_lora_file_is_uploaded_for_an_edit_too(bpy, scene, style
         assert [path for _, path in engine.requests].count("/v1/loras") == 2  # once per submission
 
 
-def test_a_lora_over_the_engines_limit_gets_a_sentence_not_a_lost_connection(tmp_path):
-    """The engine answers 413 without reading the body and closes: urllib sees a reset mid-upload."""
+def test_a_lora_over_the_engines_stated_limit_is_refused_before_sending(tmp_path):
+    from headsculpt_blender.client import EngineClient, EngineError
+
+    big = tmp_path / "huge.safetensors"
+    big.write_bytes(bytes(3 * 2**20))
+    with FakeEngine(lora_limit=2**20) as engine:
+        with pytest.raises(EngineError, match=r"huge.safetensors \(3 MB\) is larger than the engine's size limit "
+                                              r"\(1 MB\); pick a smaller LoRA, or start the engine with a larger"):
+            EngineClient(engine.url, engine.token).upload_lora(big)
+    assert ("POST", "/v1/loras") not in engine.requests and engine.loras == {}
+
+
+def test_a_lora_over_an_older_engines_limit_gets_a_sentence_not_a_lost_connection(tmp_path):
+    """An engine whose health answer names no limit answers 413 without reading the body and closes:
+    urllib sees a reset mid-upload."""
     from headsculpt_blender.client import EngineClient, EngineError
 
     big = tmp_path / "huge.safetensors"
     big.write_bytes(bytes(32 * 2**20))
-    with FakeEngine(lora_limit=2**20) as engine:
+    with FakeEngine(lora_limit=2**20, states_lora_limit=False) as engine:
         with pytest.raises(EngineError, match=r"huge.safetensors \(32 MB\) while it was being sent: it is likely over"):
             EngineClient(engine.url, engine.token).upload_lora(big)
     assert engine.loras == {}

@@ -145,6 +145,7 @@ def test_a_lora_over_the_engines_limit_is_refused_declared_or_streamed(tmp_path,
         answer = client.post("/v1/loras", content=body, headers={"Content-Type": "application/octet-stream"})
         assert answer.status_code == 413 and "(--lora-max-mb)" in answer.json()["detail"]
         assert client.post("/v1/images", json={"data_b64": png_b64()}).status_code == 201  # others keep 64 MiB
+        assert client.get("/v1/health").json()["lora_max_bytes"] == len(tiny_lora) - 1  # clients check first
     assert not any((tmp_path / "data" / "loras").glob("*"))
 
 

@@ -152,7 +152,8 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
     def health() -> Health:
         cluster = RayCluster(**worker.health()) if options.ray_address else None
         return Health(status="ok", engine_version=__version__, api_version=API_VERSION,
-                      device=device_label(), models=options.models_label(), cluster=cluster)
+                      device=device_label(), models=options.models_label(), cluster=cluster,
+                      lora_max_bytes=options.lora_max_bytes)
 
 
     def job_info(job: JobRecord) -> JobInfo:

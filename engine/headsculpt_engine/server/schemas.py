@@ -38,6 +38,7 @@ class Health(BaseModel):
     device: str
     models: str
     cluster: RayCluster | None = None  # only on a server started with --ray
+    lora_max_bytes: int | None = None  # the largest LoRA file POST /v1/loras takes (--lora-max-mb)
 
 
 class PriorUpload(_Strict):
