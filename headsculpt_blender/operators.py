@@ -183,7 +183,8 @@ class HEADSCULPT_OT_edit(ActiveAvatarPoll, _HeadSculptOperator):
         engine = settings(context)
         styles, image = style_fields(st, preferences(context))
         job = {"kind": "edit", "parent_job_id": source[PROP_JOB], "instruction": instruction,
-               "edit_scale": st.edit_scale, "preset": st.preset, "seed": st.seed, **styles}
+               "edit_scale": st.edit_scale, "preset": st.preset, "seed": st.seed,
+               "parent_styles": st.edit_keeps_style, **styles}
         jobs.begin_job(scene, "edit", prompt=str(source.get(PROP_PROMPT, "")), seed=st.seed,
                        instruction=instruction, parent_id=str(source[PROP_JOB]),
                        prior=scene.objects.get(source.get(PROP_PRIOR, "")), source=source,

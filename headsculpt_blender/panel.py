@@ -114,6 +114,7 @@ class HEADSCULPT_PT_avatar(ActiveAvatarPoll, _Panel):
             layout.label(text=f"Edited: {avatar[PROP_INSTRUCTION]}", icon="MODIFIER")
         layout.prop(st, "edit_instruction", text="")
         layout.prop(st, "edit_scale")
+        layout.prop(st, "edit_keeps_style")
         row = layout.row()
         row.enabled = st.job_state not in ACTIVE_STATES
         row.operator("headsculpt.edit", icon="GREASEPENCIL")

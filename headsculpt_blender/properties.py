@@ -6,7 +6,7 @@ saving the file and opening it again (or an engine restart) lets polling resume 
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
 PROMPT_PREFIXES = [
     ("a head of", "A head of", "HeadSculpt's prompt prefix: \"a head of ...\""),
@@ -61,6 +61,9 @@ class HeadSculptSceneState(bpy.types.PropertyGroup):
                                                                       "e.g. \"make him older\"")
     edit_scale: FloatProperty(name="Edit scale", min=0.0, max=1.0, default=0.6,
                               description="w_e: weight of the instruction against the original prompt")
+    edit_keeps_style: BoolProperty(name="Keep the avatar's style", default=True,
+                                   description="Edit with the style LoRA and image prompt the avatar was made with "
+                                               "where this panel names none of its own; off: only those named here")
     variations: IntProperty(name="Variations", min=1, max=16, default=1,
                             description="How many avatars to make on the prior, side by side: write the "
                                         "alternatives to vary in the prompt as {young|old}, or leave them out "

@@ -151,6 +151,14 @@ class FakeEngine:
         return self.send(handler, 201, info)
 
     def submit(self, handler, body: dict) -> None:
+        from pydantic import TypeAdapter, ValidationError
+
+        from headsculpt_engine.server.schemas import JobRequest
+
+        try:  # the engine's own request schema: what the add-on sends must be what the engine takes
+            TypeAdapter(JobRequest).validate_python(body)
+        except ValidationError as error:
+            return self.send(handler, 422, {"detail": str(error)})
         job_id = f"job{len(self.jobs) + 1}"
         if body["kind"] == "generate":
             if body["prior_id"] not in self.priors:

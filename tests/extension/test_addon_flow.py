@@ -133,7 +133,7 @@ def test_edit_avatar_creates_a_linked_copy_beside_it(bpy, scene, flame_template)
         edited = st.result_object
         body = engine.jobs[edited[PROP_JOB]]["body"]
     assert body == {"kind": "edit", "parent_job_id": avatar[PROP_JOB], "instruction": "make him older",
-                    "edit_scale": pytest.approx(0.6), "preset": "tiny", "seed": 7}
+                    "edit_scale": pytest.approx(0.6), "preset": "tiny", "seed": 7, "parent_styles": True}
     assert edited[PROP_PARENT] == avatar[PROP_JOB] and edited[PROP_KIND] == "edit"
     assert edited[PROP_INSTRUCTION] == "make him older"
     assert edited.name != avatar.name and "HeadSculpt" in [c.name for c in edited.users_collection]

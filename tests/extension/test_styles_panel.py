@@ -53,8 +53,21 @@ def test_lora_and_image_fields_reach_the_generate_and_edit_requests(bpy, scene, 
         assert bpy.ops.headsculpt.edit() == {"FINISHED"}
         poll_until(scene, lambda: styled.result_object not in (None, avatar))
         edit = engine.jobs[styled.job_id]["body"]
-    assert edit["kind"] == "edit" and edit["loras"] == body["loras"]
+    assert edit["kind"] == "edit" and edit["loras"] == body["loras"] and edit["parent_styles"] is True
     assert edit["image_id"] == image_id and edit["image_scale"] == pytest.approx(0.9)
+
+
+def test_an_edit_can_leave_out_the_avatars_style(bpy, scene, styled):
+    styled.lora, styled.lora_scale = "styles/cartoon-lora", 0.7
+    with FakeEngine() as engine:
+        use_engine(engine.url)
+        generated_body(bpy, scene, engine)
+        bpy.context.view_layer.objects.active = avatar = styled.result_object
+        styled.lora, styled.edit_instruction, styled.edit_keeps_style = "", "make him older", False
+        assert bpy.ops.headsculpt.edit() == {"FINISHED"}
+        poll_until(scene, lambda: styled.result_object not in (None, avatar))
+        edit = engine.jobs[styled.job_id]["body"]
+    assert edit["parent_styles"] is False and edit.get("loras", []) == []
 
 
 def test_the_preferences_lora_serves_when_the_panel_names_none(bpy, scene, styled):

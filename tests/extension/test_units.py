@@ -90,10 +90,10 @@ def test_client_talks_the_contract():
         info = client.upload_prior("tri", vertices, np.array([[0, 1, 2]]))
         assert info["vertex_count"] == 3 and info["is_flame"] is False
         assert np.array_equal(engine.priors[info["prior_id"]][0], vertices)
-        job = client.submit({"kind": "generate", "prior_id": info["prior_id"], "prompt": "a knight"})
+        job = client.submit({"kind": "generate", "prior_id": info["prior_id"], "prompt": "a knight", "preset": "tiny"})
         assert client.job(job["job_id"])["state"] == "running"
         with pytest.raises(EngineError, match="refused the request: Unknown prior"):
-            client.submit({"kind": "generate", "prior_id": "nope", "prompt": "a knight"})
+            client.submit({"kind": "generate", "prior_id": "nope", "prompt": "a knight", "preset": "tiny"})
         with pytest.raises(EngineError, match="refused the access token"):
             EngineClient(engine.url, "wrong").job(job["job_id"])
     with FakeEngine(api_version=2) as engine:

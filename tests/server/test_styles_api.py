@@ -184,3 +184,9 @@ def test_an_edit_job_inherits_its_parents_uploaded_lora_and_image_unless_it_name
     cfg = job_config(request, ServerOptions(data_dir=data_dir))
     assert cfg.models.loras == (str(hub_cache),) and cfg.models.lora_scales == (0.2,)
     assert request["image_id"] == image_id
+
+    # parent_styles false: only what the edit names, here nothing.
+    answer = client.post("/v1/jobs", json=dict(edit, parent_styles=False))
+    assert answer.status_code == 202, answer.text
+    plain = job_config(JobStore(data_dir).get(answer.json()["job_id"]).request, ServerOptions(data_dir=data_dir))
+    assert (plain.prompt, plain.models.loras, plain.guidance.image) == ("a clown", (), "")

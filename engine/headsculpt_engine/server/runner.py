@@ -50,8 +50,11 @@ EDIT_KEEPS = ("prompt", "negative_prompt", "prior_id", "guidance")
 def edit_request(request: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
     """An edit's request as the job store keeps it: the parent's prompt, prior and guidance, and the
     parent's LoRAs and image prompt where the edit names none of its own, each on its own (as
-    `headsculpt edit` does): an edit keeps the style of the avatar it changes."""
+    `headsculpt edit` does): an edit keeps the style of the avatar it changes, unless it says
+    `parent_styles: false` (as `headsculpt edit --no-parent-styles`)."""
     edit = dict(request, **{key: parent.get(key, "") for key in EDIT_KEEPS})
+    if not edit.get("parent_styles", True):
+        return edit
     if not edit.get("loras"):
         edit["loras"] = parent.get("loras") or []
     if not edit.get("image_id") and parent.get("image_id"):

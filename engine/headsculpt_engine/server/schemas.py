@@ -129,6 +129,8 @@ class EditRequest(_Styles):
     edit_scale: Annotated[float, Field(ge=0.0, le=1.0)] = 0.6
     preset: Preset
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    # The parent's LoRAs and image prompt, where this edit names none of its own; False: only its own.
+    parent_styles: bool = True
 
 
 JobRequest = Annotated[Union[GenerateRequest, EditRequest], Field(discriminator="kind")]
