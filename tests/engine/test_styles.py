@@ -3,6 +3,7 @@ with the tiny models, loaded through the same code as the real ones."""
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,6 +185,30 @@ def test_an_edit_inherits_the_parents_lora_and_image_unless_given_its_own(styled
     # --no-parent-styles leaves both out: the edit runs with no LoRA and no image prompt.
     cfg, inherited = edit_config(parser.parse_args([*edit, "--no-parent-styles"]), record)
     assert (cfg.models.loras, cfg.guidance.image, inherited) == ((), "", [])
+
+
+@pytest.mark.parametrize("kind", ["LoRA", "image prompt"])
+def test_an_edit_refuses_a_parents_style_file_that_changed_or_went(styled_run, tmp_path, kind):
+    from headsculpt_engine.cli import build_parser
+    from headsculpt_engine.commands.edit import edit_config
+
+    record = json.loads((styled_run / "run.json").read_text())
+    entry = record["loras"][0] if kind == "LoRA" else record["image_prompt"]
+    copy = tmp_path / Path(entry["file"]).name  # the parent's file, where the user kept it
+    copy.write_bytes(Path(entry["file"]).read_bytes())
+    entry["file"] = str(copy)
+    args = build_parser().parse_args(["edit", "--from", str(styled_run), "--instruction", "make him older"])
+    edit_config(args, record)  # as it was: inherited
+    copy.write_bytes(copy.read_bytes() + b" ")
+    flag = "--lora" if kind == "LoRA" else "--image"
+    with pytest.raises(InputError, match=rf"parent run's {kind} .* has changed since the avatar was made, so the "
+                                         rf"edit would not keep its style; pass {flag} to choose it anew"):
+        edit_config(args, record)
+    copy.unlink()
+    with pytest.raises(InputError, match=rf"parent run's {kind} .* is no longer there; pass {flag}"):
+        edit_config(args, record)
+    args = build_parser().parse_args(["edit", "--from", str(styled_run), "--instruction", "x", "--no-parent-styles"])
+    assert edit_config(args, record)[1] == []  # the way out the sentence names
 
 
 def test_each_lora_takes_the_scale_after_it_on_generate_and_edit():

@@ -57,21 +57,37 @@ def edit_config(args: argparse.Namespace, parent_record: dict[str, Any]) -> tupl
     return cfg, inherit_styles(cfg, args, parent_record)
 
 
+def unchanged_file(entry: dict[str, Any], what: str, flag: str) -> str:
+    """The file a parent run's record names (`file`, `sha256`), checked to be still the one the parent was
+    made with: an edit on another LoRA or image would not keep the avatar's style, so it gets a sentence."""
+    from ..errors import InputError
+    from ..models.lora import sha256_file
+
+    path = Path(entry["file"])
+    advice = f"pass {flag} to choose it anew, or --no-parent-styles to leave the parent's LoRAs and image prompt out"
+    if not path.is_file():
+        raise InputError(f"The parent run's {what} {path} is no longer there; {advice}.")
+    if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+        raise InputError(f"The parent run's {what} {path} has changed since the avatar was made, so the edit "
+                         f"would not keep its style; {advice}.")
+    return str(path)
+
+
 def inherit_styles(cfg: "RunConfig", args: argparse.Namespace, parent_record: dict[str, Any]) -> list[str]:
     """The parent's LoRAs and image prompt where the user gave none of their own: an edit keeps the style
     of the avatar it changes. They are the files the parent's run.json names (a Hub id's LoRA as the
-    cache held it), whatever folder the edit runs from."""
+    cache held it), whatever folder the edit runs from, each checked against the hash recorded then."""
     lines: list[str] = []
     if not args.parent_styles:
         return lines
     loras = parent_record.get("loras") or []
     if loras and not args.loras:
-        cfg.models.loras = tuple(lora["file"] for lora in loras)
+        cfg.models.loras = tuple(unchanged_file(lora, "LoRA", "--lora") for lora in loras)
         cfg.models.lora_scales = tuple(float(lora["scale"]) for lora in loras)
         lines += [f"LoRA {source} at scale {scale:g}" for source, scale in zip(cfg.models.loras, cfg.models.lora_scales)]
     image = parent_record.get("image_prompt")
     if image and not args.image:
-        cfg.guidance.image = image["file"]
+        cfg.guidance.image = unchanged_file(image, "image prompt", "--image")
         cfg.guidance.image_scale = float(parent_record["config"]["guidance"]["image_scale"])
         lines.append(f"image prompt {image['file']} at scale {cfg.guidance.image_scale:g}")
     return lines
