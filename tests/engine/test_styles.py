@@ -54,6 +54,24 @@ def test_lora_changes_the_unet_prediction_and_scale_zero_restores_it_exactly(tin
     assert lora.file.endswith(LORA_WEIGHTS) and len(lora.sha256) == 64 and lora.scale == 1.0
 
 
+def test_a_kohya_lora_acts_as_the_same_lora_in_diffusers_format(tiny_lora, tmp_path):
+    """Most LoRAs artists download (Civitai, A1111) are in kohya's naming (lora_unet_..._to_k.lora_down,
+    .alpha); made here from the tiny LoRA by diffusers' own converters, it must style the UNet alike."""
+    from diffusers.utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
+
+    state = load_file(str(Path(tiny_lora) / LORA_WEIGHTS))
+    peft = convert_unet_state_dict_to_peft({key[len("unet."):]: value for key, value in state.items()})
+    kohya = {f"lora_unet_{key}": value.contiguous() for key, value in convert_state_dict_to_kohya(peft).items()}
+    assert any(key.endswith(".lora_down.weight") for key in kohya) and any(key.endswith(".alpha") for key in kohya)
+    path = tmp_path / "civitai-style.safetensors"
+    save_file(kohya, str(path))
+
+    plain, styled = unet_eps(tiny_models()), unet_eps(tiny_models([tiny_lora], [0.8]))
+    as_kohya = unet_eps(tiny_models([str(path)], [0.8]))
+    assert (styled - plain).abs().max() > 1e-3
+    torch.testing.assert_close(as_kohya, styled, rtol=1e-4, atol=1e-5)
+
+
 def foreign_lora(tmp_path, kind: str) -> str:
     """The tiny LoRA made unfit: wrong shapes (another cross-attention width), or a layer this UNet lacks."""
     state = load_file(str(tiny_models_dir() / TINY_LORA_DIR / LORA_WEIGHTS))

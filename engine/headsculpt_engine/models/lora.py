@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 UNET_PREFIX = "unet."
-# The LoRA matrices' names after diffusers' format conversion: peft's and diffusers' older spelling.
-_LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora\.down|lora\.up)(?:\.[^.]+)?\.weight$")
+# The LoRA matrices' names in peft's spelling, to which diffusers converts every format it reads.
+_LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,13 @@ def read_lora(path: Path, source: str) -> tuple[dict[str, "torch.Tensor"], dict[
 
 
 def check_fits(unet, lora: dict[str, "torch.Tensor"], source: str) -> None:
-    """Refuse a LoRA whose UNet keys name no layer of this UNet, or whose matrices have other shapes."""
+    """Refuse a LoRA whose UNet keys name no layer of this UNet, or whose matrices have other shapes.
+    The keys are read as `load_lora_adapter` reads them: converted to peft's names by diffusers (a kohya
+    file comes out of `lora_state_dict` in the attention processors' old names, `attn1.processor.to_k_lora`)."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
     state = {key[len(UNET_PREFIX):]: value for key, value in lora.items() if key.startswith(UNET_PREFIX)}
+    state = convert_unet_state_dict_to_peft(state) if state else state
     if not state:
         raise InputError(f"The LoRA {source} has no UNet weights: it is not a style LoRA for this model.")
     layers = dict(unet.named_modules())
@@ -92,7 +97,7 @@ def check_fits(unet, lora: dict[str, "torch.Tensor"], source: str) -> None:
         if layer is None or not hasattr(layer, "weight"):
             raise InputError(f"The LoRA {source} is for another architecture: its layer {key} is not in this UNet "
                              f"({type(unet).__name__}); pass a LoRA made for the base model of this run.")
-        down = match["kind"] in ("lora_A", "lora.down")
+        down = match["kind"] == "lora_A"
         expected, got = (layer.weight.shape[1], tensor.shape[1]) if down else (layer.weight.shape[0], tensor.shape[0])
         if expected != got:
             raise InputError(f"The LoRA {source} is for another architecture: its layer {match['module']} has "
