@@ -190,3 +190,40 @@ def test_an_edit_job_inherits_its_parents_uploaded_lora_and_image_unless_it_name
     assert answer.status_code == 202, answer.text
     plain = job_config(JobStore(data_dir).get(answer.json()["job_id"]).request, ServerOptions(data_dir=data_dir))
     assert (plain.prompt, plain.models.loras, plain.guidance.image) == ("a clown", (), "")
+
+
+def lora_bytes(value: float) -> bytes:
+    """A small LoRA file of its own bytes."""
+    return save_safetensors({"unet.up.lora_A.weight": np.full((8, 4), value, np.float32),
+                             "unet.up.lora_B.weight": np.full((4, 8), value, np.float32)})
+
+
+def test_uploaded_loras_beyond_the_cache_go_least_recently_used_first_never_one_a_queued_job_names(tmp_path):
+    data_dir = tmp_path / "data"
+    a, b, c, d = (lora_bytes(value) for value in range(4))
+    # Room for three; no worker runs (no lifespan), so a submitted job stays queued.
+    client = TestClient(create_app(ServerOptions(data_dir=data_dir, lora_cache_bytes=int(3.5 * len(a))), TOKEN,
+                                   run_job=lambda *args: None), headers={"Authorization": f"Bearer {TOKEN}"})
+    ids = {}
+    for name, data in (("a", a), ("b", b), ("c", c)):
+        ids[name] = upload_lora(client, data)["lora_id"]
+        time.sleep(0.02)  # distinct use times
+    JobStore(data_dir).submit("generate", stored_request(loras=[{"id": ids["a"], "scale": 1.0}]))  # queued
+    assert upload_lora(client, b)["lora_id"] == ids["b"]  # uploaded again: used now
+    time.sleep(0.02)
+    ids["d"] = upload_lora(client, d)["lora_id"]  # four: the least recently used that no job needs goes
+
+    stored = {path.name.split(".")[0] for path in (data_dir / "loras").iterdir()}
+    assert stored == {ids[name][len("upload:"):] for name in "abd"}
+    gone = client.post("/v1/jobs", json=generate_request(loras=[{"id": ids["c"]}]))
+    assert gone.status_code == 422 and "upload the file first" in gone.json()["detail"]
+    # An edit that would inherit the evicted LoRA says what happened and the ways on.
+    parent = done_parent(data_dir, loras=[{"id": ids["c"], "scale": 0.7}])
+    edit = {"kind": "edit", "parent_job_id": parent, "instruction": "make him older", "preset": "tiny"}
+    answer = client.post("/v1/jobs", json=edit)
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == ("The style LoRA the parent avatar was made with is no longer on this engine (it "
+                                       "keeps the most recently used uploads, --lora-cache-mb); name the LoRA again, "
+                                       "or edit without the parent's style.")
+    assert client.post("/v1/jobs", json=dict(edit, parent_styles=False)).status_code == 202
+    assert client.post("/v1/jobs", json=dict(edit, loras=[{"id": ids["b"]}])).status_code == 202

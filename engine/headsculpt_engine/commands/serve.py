@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lora-max-mb", type=int, default=512,
                         help="the largest style LoRA file a client may upload (default 512; SD 1.5 LoRAs are "
                              "usually 10-150 MB)")
+    parser.add_argument("--lora-cache-mb", type=int, default=4096,
+                        help="disk space for uploaded style LoRAs in the data folder; the least recently used "
+                             "go first beyond it, never one a queued or running job names (default 4096)")
     parser.add_argument("--ray", default="", metavar="ADDRESS",
                         help="run jobs on the Ray cluster at ADDRESS (HOST:PORT of its head node, or 'auto'), "
                              "one job per GPU; --data must be a folder every node sees at the same path "
@@ -119,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
                          "there anyway (keep the token secret), or use 127.0.0.1.")
     if args.back_view_token and not Path(args.back_view_token).is_file():
         raise InputError(f"--back-view-token {args.back_view_token}: no such file.")
-    if args.prior_cache_mb < 1 or args.upload_timeout <= 0 or args.lora_max_mb < 1:
-        raise InputError("--prior-cache-mb, --upload-timeout and --lora-max-mb must be positive.")
+    if min(args.prior_cache_mb, args.lora_max_mb, args.lora_cache_mb) < 1 or args.upload_timeout <= 0:
+        raise InputError("--prior-cache-mb, --upload-timeout, --lora-max-mb and --lora-cache-mb must be positive.")
     # Everything the server writes (jobs, priors, results, token, handshake) is its owner's alone.
     os.umask(0o077)
     data_dir = (args.data or cache_dir() / "server").resolve()
@@ -134,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
                             allowed_hosts=(*LOOPBACK_NAMES, args.host) if loopback else (),
                             prior_cache_bytes=args.prior_cache_mb * 1024 * 1024,
                             upload_timeout_s=args.upload_timeout, lora_max_bytes=args.lora_max_mb * 1024 * 1024,
+                            lora_cache_bytes=args.lora_cache_mb * 1024 * 1024,
                             ray_address=args.ray)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(options, read_token(token_file))

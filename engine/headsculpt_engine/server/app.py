@@ -21,7 +21,7 @@ from .auth import BearerAuth
 from .files import regular_file
 from .hosts import HostCheck
 from .images import BadImage, ImageStore
-from .loras import BadLora, LoraStore, lora_path
+from .loras import UPLOAD_PREFIX, BadLora, LoraStore, lora_path
 from .priors import BadPrior, BuildPrior, PriorStore, PriorTooLarge, build_engine_prior, write_landmark_preview
 from .runner import PipelineJobs, ServerOptions, edit_request
 from .schemas import (ErrorBody, Health, ImageInfo, ImageUpload, JobEvent, JobInfo, JobList, JobRequest, LoraInfo,
@@ -92,6 +92,11 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         return {job.request.get("prior_id", "") for job in store.list() if job.state in ("queued", "running")}
 
     priors = PriorStore(options.data_dir, uploads.run, options.prior_cache_bytes, in_use=priors_in_use)
+
+    def loras_in_use() -> set[str]:
+        return {lora["id"] for job in store.list() if job.state in ("queued", "running")
+                for lora in job.request.get("loras") or []}
+
     if options.ray_address:  # jobs run on a Ray cluster; Ray is imported only then
         try:
             from .ray_workers import RayWorkers
@@ -104,7 +109,8 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
         worker: Worker | RayWorkers = RayWorkers.connect(store, priors.root, options)
     else:
         worker = Worker(store, run_job or PipelineJobs(store.jobs_dir, priors.root, options))
-    images, loras = ImageStore(options.data_dir), LoraStore(options.data_dir)
+    images = ImageStore(options.data_dir)
+    loras = LoraStore(options.data_dir, options.lora_cache_bytes, in_use=loras_in_use)
     for blobs in (images.blobs, loras.blobs):  # no upload runs before the app starts
         blobs.remove_leftovers()
     # One upload at a time (each in its own process); the next one's body is not read meanwhile,
@@ -271,25 +277,31 @@ def create_app(options: ServerOptions, token: str, run_job: RunJob | None = None
                 raise HTTPException(422, f"Unknown parent_job_id {request.parent_job_id!r}.")
             if parent.state != "done":
                 raise HTTPException(409, f"The parent job is {parent.state}; an edit starts from a done job.")
+            inherits_loras = request.parent_styles and not data.get("loras")
             data = edit_request(data, parent.request)
-            check_styles(data)  # the inherited styles too
+            check_styles(data, inherited=inherits_loras)  # the inherited styles too
         job = store.submit(request.kind, data)
         worker.wake()
         return job_info(job)
 
-    def check_styles(data: dict[str, Any]) -> None:
+    def check_styles(data: dict[str, Any], inherited: bool = False) -> None:
         """A job's image must be uploaded, and each LoRA uploaded or in the engine's model cache (never
-        downloaded); an edit's inherited ones too."""
+        downloaded); an edit's inherited ones too (`inherited`: its LoRAs are its parent's)."""
         from ..errors import HeadSculptError
 
         image_id = data.get("image_id")
         if image_id is not None and images.path(image_id) is None:
             raise HTTPException(422, f"Unknown image_id {image_id!r}: upload the image first (POST /v1/images).")
         for lora in data.get("loras") or []:
+            if inherited and loras.path(lora["id"]) is None and lora["id"].startswith(UPLOAD_PREFIX):
+                raise HTTPException(422, "The style LoRA the parent avatar was made with is no longer on this engine "
+                                         "(it keeps the most recently used uploads, --lora-cache-mb); name the "
+                                         "LoRA again, or edit without the parent's style.")
             try:
                 lora_path(options.data_dir, lora["id"])
             except HeadSculptError as error:
                 raise HTTPException(422, str(error)) from None
+            loras.touch(lora["id"])
 
     @app.get("/v1/jobs", responses=_ERRORS, response_model=JobList)
     def list_jobs() -> JobList:

@@ -61,11 +61,40 @@ class BlobFolder:
             staged.path.unlink(missing_ok=True)
 
     def keep(self, staged: StagedFile) -> str:
-        """Move a finished staging file into place (unless those bytes are stored already); its sha256."""
+        """Move a finished staging file into place (unless those bytes are stored already: then they
+        count as just used); its sha256."""
         blob_id = staged.close()
         if self.path(blob_id) is None:
             os.replace(staged.path, self.root / f"{blob_id}{self.suffix}")
+        else:
+            self.touch(blob_id)
         return blob_id
+
+    def touch(self, blob_id: str) -> None:
+        """Mark a stored file as used now: eviction takes the least recently used first."""
+        path = self.path(blob_id)
+        if path is not None:
+            os.utime(path)
+
+    def evict(self, max_bytes: int, keep: set[str]) -> list[str]:
+        """Remove the least recently used files until the folder holds at most `max_bytes`, never one
+        in `keep` (the newest upload, those queued or running jobs name); the ids removed."""
+        stored = []
+        for path in self.root.glob(f"*{self.suffix}"):
+            blob_id = path.name[:-len(self.suffix)]
+            if _SHA256.match(blob_id) and self.path(blob_id) is not None:
+                stat = path.stat()
+                stored.append((stat.st_mtime, blob_id, stat.st_size))
+        total = sum(size for _, _, size in stored)
+        removed = []
+        for _, blob_id, size in sorted(stored):
+            if total <= max_bytes:
+                break
+            if blob_id not in keep:
+                (self.root / f"{blob_id}{self.suffix}").unlink(missing_ok=True)
+                removed.append(blob_id)
+                total -= size
+        return removed
 
     def put(self, data: bytes) -> str:
         """Store `data`; its sha256."""

@@ -9,6 +9,7 @@ from typing import Any
 from ..config import DEFAULT_BASE_MODEL, PRESETS, RunConfig, preset_config
 from ..errors import InputError
 from ..stages.loop import RunCallbacks
+from .loras import DEFAULT_CACHE_BYTES as DEFAULT_LORA_CACHE_BYTES
 from .loras import DEFAULT_MAX_BYTES as DEFAULT_LORA_MAX_BYTES
 from .store import JobRecord
 from .uploads import DEFAULT_MEMORY_BYTES
@@ -30,6 +31,7 @@ class ServerOptions:
     upload_timeout_s: float = 600.0  # checking and preparing one uploaded prior
     upload_memory_bytes: int = DEFAULT_MEMORY_BYTES  # its memory cap
     lora_max_bytes: int = DEFAULT_LORA_MAX_BYTES  # the largest LoRA file POST /v1/loras takes
+    lora_cache_bytes: int = DEFAULT_LORA_CACHE_BYTES  # uploaded LoRAs beyond this: least recently used go
     # `serve --ray ADDRESS`: jobs run on that Ray cluster (ray_workers.py); empty: the local worker.
     ray_address: str = ""
 
