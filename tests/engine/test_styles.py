@@ -63,6 +63,10 @@ def test_a_kohya_lora_acts_as_the_same_lora_in_diffusers_format(tiny_lora, tmp_p
     peft = convert_unet_state_dict_to_peft({key[len("unet."):]: value for key, value in state.items()})
     kohya = {f"lora_unet_{key}": value.contiguous() for key, value in convert_state_dict_to_kohya(peft).items()}
     assert any(key.endswith(".lora_down.weight") for key in kohya) and any(key.endswith(".alpha") for key in kohya)
+    # Such files usually carry a text-encoder part too, which the engine leaves out (docs/fidelity.md).
+    text_encoder = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    kohya |= {f"{text_encoder}.lora_down.weight": torch.ones(4, 32), f"{text_encoder}.lora_up.weight": torch.ones(32, 4),
+              f"{text_encoder}.alpha": torch.tensor(4.0)}
     path = tmp_path / "civitai-style.safetensors"
     save_file(kohya, str(path))
 
