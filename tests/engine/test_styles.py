@@ -150,6 +150,43 @@ def test_image_prompt_changes_the_guidance_prediction_and_scale_zero_restores_it
     assert torch.equal(off.cond, plain.cond) and torch.equal(off.uncond, plain.uncond)
 
 
+def artists_image(path, kind: str) -> str:
+    """Reference images as artists have them: a character cut out on transparency (the colours under
+    the alpha are red), the same as a palette image, a 16-bit grey scan (a ramp from black to white)."""
+    import numpy as np
+
+    if kind == "16-bit grey":
+        Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)).save(path)
+        return str(path)
+    pixels = np.zeros((8, 8, 4), np.uint8)
+    pixels[:, :4] = (0, 0, 255, 255)  # opaque blue on the left
+    pixels[:, 4:] = (255, 0, 0, 0)    # transparent red on the right
+    image = Image.fromarray(pixels, "RGBA")
+    if kind == "palette cut-out":
+        image = Image.fromarray(pixels[..., 0] // 255, "P")
+        image.putpalette([0, 0, 255, 255, 0, 0])
+        image.save(path, transparency=1)
+        return str(path)
+    image.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["cut-out", "palette cut-out", "16-bit grey"])
+def test_an_image_prompt_is_read_as_it_looks(tmp_path, kind):
+    import numpy as np
+
+    from headsculpt_engine.guidance.image_prompt import read_image
+
+    pixels = np.asarray(read_image(artists_image(tmp_path / "reference.png", kind)))
+    assert pixels.dtype == np.uint8 and pixels.shape[2] == 3
+    if kind == "16-bit grey":
+        assert tuple(pixels[0, 0]) == (0, 0, 0) and tuple(pixels[-1, -1]) == (255, 255, 255)
+        assert abs(pixels.mean() - 127.5) < 1.0  # Pillow's own conversion reads it as nearly all white
+    else:
+        assert (pixels[:, :4] == (0, 0, 255)).all()  # the character as it is
+        assert (pixels[:, 4:] == 255).all()  # the transparency on white, not the red under it
+
+
 @pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n broken"])
 def test_an_unreadable_image_gets_a_sentence_and_nothing_is_written(tmp_path, content):
     bad = tmp_path / "face.png"

@@ -86,6 +86,17 @@ def test_an_uploaded_image_is_stored_as_png_in_the_data_folder_and_reaches_the_j
     assert (cfg.guidance.image, cfg.guidance.image_scale) == (str(stored), 0.6)
 
 
+def test_an_uploaded_cut_out_is_stored_on_white_as_a_local_image_prompt_is_read(client, tmp_path):
+    pixels = np.zeros((8, 8, 4), np.uint8)
+    pixels[:, :4], pixels[:, 4:] = (0, 0, 255, 255), (255, 0, 0, 0)  # blue, then transparent red
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buffer, format="PNG")
+    answer = client.post("/v1/images", json={"data_b64": base64.b64encode(buffer.getvalue()).decode()})
+    assert answer.status_code == 201, answer.text
+    stored = np.asarray(Image.open(tmp_path / "data" / "images" / f"{answer.json()['image_id']}.png"))
+    assert stored.shape == (8, 8, 3) and (stored[:, :4] == (0, 0, 255)).all() and (stored[:, 4:] == 255).all()
+
+
 @pytest.mark.parametrize("body", [{"data_b64": base64.b64encode(b"not an image").decode()},
                                   {"data_b64": "%%% not base64"}, {"path": "/etc/passwd"}])
 def test_a_bad_image_upload_gets_a_sentence_and_nothing_is_stored(client, tmp_path, body):

@@ -46,8 +46,30 @@ class ImagePrompt:
         return ImageRows(embeds if conditional else torch.zeros_like(embeds), scales)
 
 
+# Where a reference image is transparent (a character cut out on transparency), the IP-Adapter sees
+# this colour, not whatever colours the file keeps under the alpha.
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+
+def as_rgb(image: "Image.Image") -> "Image.Image":
+    """8-bit RGB of a decoded image: transparent parts laid on a white background, 16-bit grey scaled
+    down (Pillow's own conversion clips it to white)."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        grey = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0.0, 255.0).round().astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        cut_out = image.convert("RGBA")
+        flat = Image.new("RGBA", cut_out.size, (*TRANSPARENT_BACKGROUND, 255))
+        flat.alpha_composite(cut_out)
+        return flat.convert("RGB")
+    return image.convert("RGB")
+
+
 def read_image(path: str | Path) -> "Image.Image":
-    """The image file as RGB; a sentence when it is missing or not an image PIL can decode."""
+    """The image file as RGB (`as_rgb`); a sentence when it is missing or not an image PIL can decode."""
     from PIL import Image, UnidentifiedImageError
 
     file = Path(path).expanduser()
@@ -55,7 +77,7 @@ def read_image(path: str | Path) -> "Image.Image":
         raise InputError(f"The image prompt {file} does not exist: pass a PNG or JPEG file.")
     try:
         with Image.open(file) as image:
-            return image.convert("RGB")
+            return as_rgb(image)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise InputError(f"The image prompt {file} could not be read as an image; pass a PNG or JPEG file.") from error
 

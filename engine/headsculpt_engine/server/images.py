@@ -1,8 +1,9 @@
 """Image prompts uploaded to the engine (POST /v1/images): decoded, checked and stored as PNG.
 
 The client's bytes are never kept as they came: the image is decoded by Pillow (size-checked first,
-so a decompression bomb is refused), converted to RGB and written as a fresh PNG named by its sha256
-inside the data folder. Jobs name it by that id, never by a path.
+so a decompression bomb is refused), converted to RGB as a local image prompt is (`as_rgb`:
+transparency on white) and written as a fresh PNG named by its sha256 inside the data folder. Jobs
+name it by that id, never by a path.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import binascii
 import io
 from pathlib import Path
 
+from ..guidance.image_prompt import as_rgb
 from .blobs import BlobFolder
 
 MAX_SIDE = 4096
@@ -37,7 +39,7 @@ class ImageStore:
                 if max(image.size) > MAX_SIDE:
                     raise BadImage(f"The image is {image.size[0]}x{image.size[1]} pixels; send one of at most "
                                    f"{MAX_SIDE} pixels a side.")
-                rgb = image.convert("RGB")
+                rgb = as_rgb(image)
         except BadImage:
             raise
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
