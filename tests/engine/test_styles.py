@@ -152,11 +152,19 @@ def test_image_prompt_changes_the_guidance_prediction_and_scale_zero_restores_it
 
 def artists_image(path, kind: str) -> str:
     """Reference images as artists have them: a character cut out on transparency (the colours under
-    the alpha are red), the same as a palette image, a 16-bit grey scan (a ramp from black to white)."""
+    the alpha are red), the same as a palette image, a 16-bit grey scan (a ramp from black to white),
+    a phone photo stored sideways with its EXIF orientation."""
     import numpy as np
 
     if kind == "16-bit grey":
         Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)).save(path)
+        return str(path)
+    if kind == "phone photo":  # stored sideways, 16x8, with the EXIF tag that turns it upright, 8x16
+        stored = np.zeros((8, 16, 3), np.uint8)
+        stored[:, :8] = (0, 0, 255)
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to view
+        Image.fromarray(stored).save(path, format="JPEG", quality=95, exif=exif)
         return str(path)
     pixels = np.zeros((8, 8, 4), np.uint8)
     pixels[:, :4] = (0, 0, 255, 255)  # opaque blue on the left
@@ -171,7 +179,7 @@ def artists_image(path, kind: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("kind", ["cut-out", "palette cut-out", "16-bit grey"])
+@pytest.mark.parametrize("kind", ["cut-out", "palette cut-out", "16-bit grey", "phone photo"])
 def test_an_image_prompt_is_read_as_it_looks(tmp_path, kind):
     import numpy as np
 
@@ -179,7 +187,10 @@ def test_an_image_prompt_is_read_as_it_looks(tmp_path, kind):
 
     pixels = np.asarray(read_image(artists_image(tmp_path / "reference.png", kind)))
     assert pixels.dtype == np.uint8 and pixels.shape[2] == 3
-    if kind == "16-bit grey":
+    if kind == "phone photo":
+        assert pixels.shape[:2] == (16, 8)  # upright, as a photo viewer shows it
+        assert pixels[:8].mean(axis=(0, 1))[2] > 200 > pixels[8:].mean()  # the blue half on top
+    elif kind == "16-bit grey":
         assert tuple(pixels[0, 0]) == (0, 0, 0) and tuple(pixels[-1, -1]) == (255, 255, 255)
         assert abs(pixels.mean() - 127.5) < 1.0  # Pillow's own conversion reads it as nearly all white
     else:

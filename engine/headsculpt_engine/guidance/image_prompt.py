@@ -52,11 +52,13 @@ TRANSPARENT_BACKGROUND = (255, 255, 255)
 
 
 def as_rgb(image: "Image.Image") -> "Image.Image":
-    """8-bit RGB of a decoded image: transparent parts laid on a white background, 16-bit grey scaled
-    down (Pillow's own conversion clips it to white)."""
+    """8-bit RGB of a decoded image as it looks: turned as its EXIF orientation says (a phone photo is
+    stored sideways), transparent parts laid on a white background, 16-bit grey scaled down (Pillow's
+    own conversion clips it to white)."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageOps
 
+    image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         grey = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0.0, 255.0).round().astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
