@@ -12,8 +12,9 @@ what MediaPipe meant there:
 The kept lifts are averaged, weighted by how frontal the landmark's surface is in each view, and the
 mean is projected back onto the surface; except where MediaPipe's own 3D face puts the landmark inside
 a fold of the surface, behind the lifted point (the inner lips of a closed mouth lie in the mouth's
-slit, behind the lip surface a ray meets): there it takes the surface point nearest MediaPipe's. This is the project's own method (HeadSculpt uses a fixed
-FLAME -> MediaPipe vertex map, which only exists for FLAME).
+slit, behind the lip surface a ray meets): there it takes the surface point nearest MediaPipe's.
+This is the project's own method (HeadSculpt uses a fixed FLAME -> MediaPipe vertex map, which only
+exists for FLAME).
 """
 from __future__ import annotations
 
